@@ -1,0 +1,47 @@
+# make book     build the HTML book into _build/html (bootstraps .venv)
+# make test     run every test: unit, parity, notebooks (nbval, strict), browser
+# make outputs  re-execute the notebooks and store their outputs as nbval sees them
+# make bench    time the companion's hot paths
+# make clean    remove built files (keeps .venv)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+MATHJAX := book/_static/mathjax
+
+export TF_CPP_MIN_LOG_LEVEL := 3
+export TF_ENABLE_ONEDNN_OPTS := 0
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: book test outputs bench clean venv
+
+venv: $(STAMP)
+
+# Re-installs whenever the pinned requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# MathJax 3 served from the book itself, so math renders with no network.
+$(MATHJAX)/tex-chtml.js: $(STAMP)
+	$(BIN)/python tools/vendor_mathjax.py $(MATHJAX)
+
+book: $(STAMP) $(MATHJAX)/tex-chtml.js
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+test: $(STAMP) $(MATHJAX)/tex-chtml.js
+	$(BIN)/python -m pytest
+
+outputs: $(STAMP)
+	$(BIN)/python tools/store_outputs.py book/*.ipynb
+
+bench: $(STAMP)
+	$(BIN)/python tools/bench.py
+
+clean:
+	rm -rf _build $(MATHJAX)

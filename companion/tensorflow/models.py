@@ -1,0 +1,170 @@
+"""Models and the canonical weight layout, TensorFlow (Keras 3) back end.
+
+Keras stores kernels as ``(in, out)`` (dense) and ``(k..., in, out)`` (convolution);
+the canonical layout is PyTorch's ``(out, in)`` / ``(out, in, k...)``. :func:`to_canonical`
+and :func:`set_weights` convert, so arrays move between the back ends unchanged. Both
+back ends build :func:`mlp` and :func:`rnn` from the same NumPy initial weights, so after
+:func:`seed_everything` with the same seed they hold the same numbers.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from ..common import (ACTIVATIONS, RNN_NONLINEARITIES, check_choice, check_positive,
+                      check_positive_int, check_sizes, mlp_initial_weights, resolve_seed,
+                      rnn_initial_weights)
+
+__all__ = ["mlp", "rnn", "trainable_parameters", "parameter_names", "get_weights",
+           "set_weights", "to_canonical"]
+
+
+def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
+        seed: int | None = None) -> keras.Sequential:
+    """A fully connected network ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
+
+    Layer ``i`` computes ``h_{i+1} = phi(W_i h_i + b_i)`` (Keras stores ``W_i`` transposed,
+    as ``(sizes[i], sizes[i+1])``); the last layer has no activation (it returns logits).
+    Weights are drawn from ``N(0, std^2)`` with ``std`` given by ``init`` (see
+    :func:`companion.common.init_std`) times ``gain``; biases start at zero. Layers are
+    named ``dense0, dense1, ...``.
+
+    Args:
+        sizes: layer widths, input first, e.g. ``[40, 300, 100, 10]``.
+        activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"linear"``.
+        init: ``"he"``, ``"glorot"`` or ``"lecun"``.
+        gain: multiplies every initial weight; ``> 1`` makes gradients grow with depth.
+        seed: seed of the initial weights; ``None`` draws one from NumPy's global generator.
+
+    Raises:
+        ValueError: fewer than two sizes, a size < 1, an unknown activation or init, or a
+            gain that is not a finite number > 0.
+    """
+    sizes = check_sizes(sizes)
+    check_choice("activation", activation, ACTIVATIONS)
+    gain = check_positive("gain", gain)
+    weights = mlp_initial_weights(sizes, init, gain, resolve_seed(seed))
+    layers = [keras.Input(shape=(sizes[0],))]
+    for i, width in enumerate(sizes[1:]):
+        last = i == len(sizes) - 2
+        layers.append(keras.layers.Dense(width, activation="linear" if last else activation,
+                                         name=f"dense{i}"))
+    model = keras.Sequential(layers)
+    set_weights(model, weights)
+    return model
+
+
+def rnn(input_size: int, hidden_size: int, output_size: int, nonlinearity: str = "tanh",
+        gain: float = 1.0, seed: int | None = None) -> keras.Sequential:
+    """A vanilla RNN with a linear read-out of its last hidden state.
+
+    ``h_t = phi(W_ih x_t + W_hh h_{t-1} + b)``, ``y = W_out h_T + b_out``, for inputs of
+    shape ``(batch, time, input_size)``: a Keras ``SimpleRNN`` named ``rnn`` and a ``Dense``
+    named ``readout``. ``W_hh`` starts as ``gain`` times a random orthogonal matrix, so its
+    spectral norm is exactly ``gain``: above 1 (with a non-saturating ``phi``) gradients
+    grow geometrically with the sequence length.
+    Parameters: ``rnn.weight_ih, rnn.weight_hh, rnn.bias, readout.weight, readout.bias``.
+
+    Raises:
+        ValueError: a size < 1, an unknown nonlinearity (``"tanh"`` or ``"relu"``), or a
+            gain that is not a finite number > 0.
+    """
+    for what, size in (("input_size", input_size), ("hidden_size", hidden_size),
+                       ("output_size", output_size)):
+        check_positive_int(what, size)
+    check_choice("nonlinearity", nonlinearity, RNN_NONLINEARITIES)
+    gain = check_positive("gain", gain)
+    weights = rnn_initial_weights(input_size, hidden_size, output_size, gain,
+                                  resolve_seed(seed))
+    model = keras.Sequential([
+        keras.Input(shape=(None, input_size)),
+        keras.layers.SimpleRNN(hidden_size, activation=nonlinearity, name="rnn"),
+        keras.layers.Dense(output_size, name="readout"),
+    ])
+    set_weights(model, weights)
+    return model
+
+
+def trainable_parameters(model) -> list:
+    """The variables that gradients, scores and masks are aligned with, in order."""
+    return list(model.trainable_variables)
+
+
+def parameter_names(model) -> list:
+    """Canonical names of :func:`trainable_parameters`, e.g. ``["dense0.weight", ...]``.
+
+    ``<layer>.<variable>`` with Keras' names mapped to PyTorch's: ``kernel`` becomes
+    ``weight`` (``weight_ih`` in a recurrent layer) and ``recurrent_kernel`` ``weight_hh``.
+    """
+    names = {}
+    for layer in model.layers:
+        recurrent = isinstance(layer, keras.layers.RNN)
+        for variable in layer.trainable_variables:
+            short = {"kernel": "weight_ih" if recurrent else "weight",
+                     "recurrent_kernel": "weight_hh"}.get(variable.name, variable.name)
+            names[id(variable)] = f"{layer.name}.{short}"
+    return [names.get(id(v), v.path.replace("/", ".")) for v in trainable_parameters(model)]
+
+
+def _kernel_permutation(variable, ndim: int):
+    """Axis order taking a Keras kernel ``(k..., in, out)`` to ``(out, in, k...)``, else ``None``."""
+    if ndim < 2 or not variable.name.endswith("kernel"):
+        return None
+    return [ndim - 1, ndim - 2, *range(ndim - 2)]
+
+
+def to_canonical(model, tensors) -> list:
+    """Tensors aligned with the model's variables, as NumPy arrays in canonical layout.
+
+    Kernels are transposed to PyTorch's layout (``(in, out)`` becomes ``(out, in)``,
+    ``(k, in, out)`` becomes ``(out, in, k)``); biases are unchanged. ``None`` stays ``None``.
+    """
+    tensors = list(tensors)
+    variables = trainable_parameters(model)
+    _check_aligned(model, tensors)
+    arrays = []
+    for variable, tensor in zip(variables, tensors):
+        if tensor is None:
+            arrays.append(None)
+            continue
+        array = np.array(tensor)
+        perm = _kernel_permutation(variable, array.ndim)
+        arrays.append(array if perm is None else np.ascontiguousarray(array.transpose(perm)))
+    return arrays
+
+
+def get_weights(model) -> list:
+    """The model's trainable variables as NumPy arrays in canonical layout."""
+    return to_canonical(model, trainable_parameters(model))
+
+
+def set_weights(model, arrays) -> None:
+    """Copy canonical-layout arrays into the model's trainable variables.
+
+    Raises:
+        ValueError: the number of arrays or any shape differs from the canonical shapes of
+            the variables; the message names the variable and the expected shape. The
+            model is left unchanged.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    variables = trainable_parameters(model)
+    _check_aligned(model, arrays)
+    native = []
+    for name, variable, array in zip(parameter_names(model), variables, arrays):
+        perm = _kernel_permutation(variable, len(variable.shape))
+        expected = tuple(variable.shape) if perm is None else tuple(
+            variable.shape[i] for i in perm)
+        if tuple(array.shape) != expected:
+            raise ValueError(f"set_weights: {name} needs shape {expected} "
+                             f"(canonical layout (out, in, ...)), got {array.shape}")
+        native.append(array if perm is None else array.transpose(np.argsort(perm)))
+    for variable, array in zip(variables, native):
+        variable.assign(array.astype(variable.dtype))
+
+
+def _check_aligned(model, items: list) -> None:
+    expected = len(trainable_parameters(model))
+    if len(items) != expected:
+        raise ValueError(f"expected one entry per trainable parameter ({expected}: "
+                         f"{', '.join(parameter_names(model))}), got {len(items)}")

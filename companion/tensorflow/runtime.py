@@ -1,0 +1,37 @@
+"""Seeding and device choice for the TensorFlow (Keras 3) back end."""
+
+from __future__ import annotations
+
+import random
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["seed_everything", "device", "as_tensor"]
+
+
+def seed_everything(seed: int) -> None:
+    """Make runs repeatable: seed Python, NumPy, TensorFlow and Keras.
+
+    Also turns on deterministic ops and turns off TF32 matrix multiplication, so a GPU
+    gives float32 results, not 10-bit-mantissa ones.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
+def device() -> str:
+    """The device TensorFlow places ops on: ``"GPU:0"`` when there is a GPU, else ``"CPU:0"``."""
+    return "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
+
+
+def as_tensor(array, like) -> tf.Tensor:
+    """``array`` as a tensor; floats take ``like``'s dtype (TensorFlow places it itself)."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.floating):
+        return tf.convert_to_tensor(array, dtype=like.dtype)
+    return tf.convert_to_tensor(array)

@@ -1,0 +1,170 @@
+"""Losses, gradients, evaluation and a training loop, TensorFlow back end."""
+
+from __future__ import annotations
+
+import math
+import sys
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from ..common import (LOSSES, OPTIMIZERS, History, NonFiniteError, check_choice, check_data,
+                      check_positive, check_positive_int, minibatches, nonfinite_message)
+from .diagnostics import global_norm
+from .models import trainable_parameters
+from .runtime import as_tensor
+
+__all__ = ["loss_value", "gradients", "evaluate", "train"]
+
+# One compiled gradient function per (model, loss), so repeated calls do not retrace.
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _mean_loss(output: tf.Tensor, target: tf.Tensor, loss: str) -> tf.Tensor:
+    if loss == "cross_entropy":
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target, output))
+    return tf.reduce_mean(tf.square(output - tf.reshape(target, tf.shape(output))))
+
+
+def loss_value(model, x, y, loss: str = "cross_entropy") -> tf.Tensor:
+    """The mean loss of ``model`` on ``(x, y)`` as a scalar tensor (differentiable).
+
+    * ``"cross_entropy"``: ``-(1/n) sum_i log softmax(f(x_i))_{y_i}``; the model returns
+      logits and ``y`` holds integer class labels.
+    * ``"mse"``: ``(1/(n d)) sum_i ||f(x_i) - y_i||^2``, the mean over every entry.
+    """
+    check_choice("loss", loss, LOSSES)
+    x, y = check_data(x, y, loss)
+    like = trainable_parameters(model)[0]
+    return _mean_loss(model(as_tensor(x, like)), as_tensor(y, like), loss)
+
+
+def _compiled_gradients(model, loss: str):
+    """A ``tf.function`` ``(x, y) -> (loss, output, grads)`` for ``model``, made once."""
+    per_model = _COMPILED.setdefault(model, {})
+    if loss not in per_model:
+        @tf.function(reduce_retracing=True)
+        def loss_output_gradients(x, y):
+            with tf.GradientTape() as tape:
+                output = model(x, training=True)
+                value = _mean_loss(output, y, loss)
+            return value, output, tape.gradient(value, trainable_parameters(model))
+
+        per_model[loss] = loss_output_gradients
+    return per_model[loss]
+
+
+def gradients(model, x, y, loss: str = "cross_entropy") -> list:
+    """``[dL/dθ for θ in trainable variables]`` of the mean loss on ``(x, y)``.
+
+    The gradients are returned; the model is not changed.
+    """
+    check_choice("loss", loss, LOSSES)
+    x, y = check_data(x, y, loss)
+    like = trainable_parameters(model)[0]
+    _, _, grads = _compiled_gradients(model, loss)(as_tensor(x, like), as_tensor(y, like))
+    return list(grads)
+
+
+def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -> dict:
+    """Mean loss, and accuracy for ``"cross_entropy"``, over all of ``(x, y)``.
+
+    Returns ``{"loss": float, "accuracy": float}`` (``{"loss": float}`` for ``"mse"``).
+    Batches only bound memory; the result is the mean over every example.
+    """
+    check_choice("loss", loss, LOSSES)
+    x, y = check_data(x, y, loss)
+    batch_size = check_positive_int("batch_size", batch_size)
+    like = trainable_parameters(model)[0]
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        output = model(as_tensor(xb, like), training=False)
+        total_loss += float(_mean_loss(output, as_tensor(yb, like), loss)) * len(xb)
+        if loss == "cross_entropy":
+            correct += int(np.sum(np.argmax(output.numpy(), axis=1) == yb))
+    result = {"loss": total_loss / len(x)}
+    if loss == "cross_entropy":
+        result["accuracy"] = correct / len(x)
+    return result
+
+
+def _optimizer(name: str, lr: float, momentum: float):
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
+                      clip, monitor):
+    check_positive_int("epochs", epochs)
+    check_positive("lr", lr)
+    check_positive_int("batch_size", batch_size)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if momentum and optimizer != "sgd":
+        raise ValueError("momentum applies to optimizer='sgd' only")
+    check_choice("loss", loss, LOSSES)
+    if clip is not None and not callable(clip):
+        raise TypeError("clip must be None or a function taking and returning a gradient list")
+    if monitor is not None and not hasattr(monitor, "record"):
+        raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
+    return check_data(x, y, loss)
+
+
+def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: str = "sgd",
+          momentum: float = 0.0, loss: str = "cross_entropy", clip=None, monitor=None,
+          progress: bool = True, seed: int = 0) -> History:
+    """Minibatch training of ``model`` on ``(x, y)``; returns a :class:`History`.
+
+    Each step takes the next shuffled minibatch (the order depends on ``seed`` only, the
+    same in both back ends), computes the mean loss and its gradient ``g``, records
+    ``||g||_2`` (and hands ``g`` to ``monitor``), applies ``clip`` if given, and takes an
+    optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` (Keras' equivalent form)
+    or Adam.
+
+    Args:
+        clip: ``None`` or a function ``grads -> grads`` applied before each update (see
+            :mod:`companion.tensorflow.clipping` when it is there, or write your own).
+        monitor: e.g. a :class:`GradientMonitor`; its ``record(step, grads)`` sees the raw
+            (unclipped) gradients.
+        progress: show a tqdm progress bar (on stdout) with the running loss.
+
+    Raises:
+        NonFiniteError: the loss or the gradient norm is ``nan`` or ``inf`` at some step. The
+            message names the step; the update of that step is not applied, and the error's
+            ``history`` holds the steps before it.
+        ValueError, TypeError: bad arguments, before anything is changed.
+    """
+    x, y = _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
+                             clip, monitor)
+    variables = trainable_parameters(model)
+    opt = _optimizer(optimizer, lr, momentum)
+    step_gradients = _compiled_gradients(model, loss)
+    history = History()
+    total = epochs * math.ceil(len(x) / batch_size)
+    with tqdm(total=total, desc="train", file=sys.stdout, disable=not progress) as bar:
+        for step, batch in enumerate(minibatches(len(x), batch_size, epochs, seed)):
+            target = as_tensor(y[batch], variables[0])
+            batch_loss, output, grads = step_gradients(as_tensor(x[batch], variables[0]), target)
+            grads = list(grads)
+            loss_item, norm = float(batch_loss), global_norm(grads)
+            if not (math.isfinite(loss_item) and math.isfinite(norm)):
+                raise NonFiniteError(nonfinite_message(step, loss_item, norm), step, history)
+            if monitor is not None:
+                monitor.record(step, grads)
+            history.loss.append(loss_item)
+            history.grad_norm.append(norm)
+            if loss == "cross_entropy":
+                history.accuracy.append(float(np.mean(np.argmax(output.numpy(), axis=1)
+                                                      == y[batch])))
+            if clip is not None:
+                grads = clip(grads)
+            opt.apply_gradients(zip(grads, variables))
+            bar.update()
+            bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)
+    return history

@@ -1,0 +1,62 @@
+"""Gradient diagnostics, PyTorch back end: global and per-layer norms, and a monitor."""
+
+from __future__ import annotations
+
+import torch
+
+from ..common import (GradientNormRecorder, check_positive, layer_norms_from,
+                      norm_of_norms)
+from .models import parameter_names
+
+__all__ = ["global_norm", "layer_norms", "GradientMonitor"]
+
+
+def _tensor_norms(grads, norm_type: float) -> list:
+    """The p-norm of each non-``None`` tensor, as Python floats (one device sync)."""
+    tensors = [g for g in grads if g is not None]
+    if not tensors:
+        return []
+    norms = [torch.linalg.vector_norm(g.detach(), ord=norm_type).double() if g.numel()
+             else g.new_zeros((), dtype=torch.float64) for g in tensors]
+    return torch.stack(norms).cpu().tolist()
+
+
+def global_norm(grads, norm_type: float = 2.0) -> float:
+    """The p-norm of all gradients taken together, as if concatenated into one vector.
+
+    ``||g||_p = (sum_i sum_j |g_ij|^p)^(1/p)``; for ``norm_type=inf``, ``max_ij |g_ij|``.
+    ``None`` entries are skipped; an empty list has norm 0. A non-finite entry gives a
+    non-finite norm (``inf`` or ``nan``), never an exception: check the result.
+
+    Raises:
+        ValueError: ``norm_type`` is not a number > 0 (``inf`` allowed).
+    """
+    norm_type = check_positive("norm_type", norm_type, allow_inf=True)
+    return norm_of_norms(_tensor_norms(grads, norm_type), norm_type)
+
+
+def layer_norms(model, grads, norm_type: float = 2.0) -> dict:
+    """Gradient norm of each layer: ``{layer name: ||gradients of its parameters||_p}``.
+
+    A layer's name is its parameters' name without the last part (``dense3.weight`` and
+    ``dense3.bias`` make ``dense3``), in the model's order. ``None`` gradients are skipped.
+
+    Raises:
+        ValueError: ``grads`` is not aligned with the parameters, or a bad ``norm_type``.
+    """
+    norm_type = check_positive("norm_type", norm_type, allow_inf=True)
+    grads = list(grads)
+    return layer_norms_from(parameter_names(model), grads, _tensor_norms(grads, norm_type),
+                            norm_type)
+
+
+class GradientMonitor(GradientNormRecorder):
+    """Records the total and per-layer gradient 2-norms of ``model`` at every step.
+
+    Pass it to :func:`train` (``monitor=...``) or call :meth:`record` in your own loop.
+    It flags non-finite steps and spikes above ``spike_factor`` times the running median
+    of recent norms, and plots itself (:meth:`plot`); see
+    :class:`companion.common.GradientNormRecorder`.
+    """
+
+    layer_norms = staticmethod(layer_norms)

@@ -1,0 +1,150 @@
+"""Losses, gradients, evaluation and a training loop, PyTorch back end."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..common import (LOSSES, OPTIMIZERS, History, NonFiniteError, check_choice, check_data,
+                      check_positive, check_positive_int, minibatches, nonfinite_message)
+from .diagnostics import global_norm
+from .models import trainable_parameters
+from .runtime import as_tensor
+
+__all__ = ["loss_value", "gradients", "evaluate", "train"]
+
+
+def loss_value(model, x, y, loss: str = "cross_entropy") -> torch.Tensor:
+    """The mean loss of ``model`` on ``(x, y)`` as a scalar tensor (differentiable).
+
+    * ``"cross_entropy"``: ``-(1/n) sum_i log softmax(f(x_i))_{y_i}``; the model returns
+      logits and ``y`` holds integer class labels.
+    * ``"mse"``: ``(1/(n d)) sum_i ||f(x_i) - y_i||^2``, the mean over every entry.
+    """
+    check_choice("loss", loss, LOSSES)
+    x, y = check_data(x, y, loss)
+    like = trainable_parameters(model)[0]
+    return _mean_loss(model(as_tensor(x, like)), as_tensor(y, like), loss)
+
+
+def _mean_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    if loss == "cross_entropy":
+        return torch.nn.functional.cross_entropy(output, target)
+    return torch.nn.functional.mse_loss(output, target.reshape(output.shape))
+
+
+def gradients(model, x, y, loss: str = "cross_entropy") -> list:
+    """``[dL/dθ for θ in trainable parameters]`` of the mean loss on ``(x, y)``.
+
+    The gradients are returned, not stored in ``.grad``: the model is not changed.
+    """
+    return list(torch.autograd.grad(loss_value(model, x, y, loss), trainable_parameters(model)))
+
+
+def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -> dict:
+    """Mean loss, and accuracy for ``"cross_entropy"``, over all of ``(x, y)``.
+
+    Returns ``{"loss": float, "accuracy": float}`` (``{"loss": float}`` for ``"mse"``).
+    Batches only bound memory; the result is the mean over every example.
+    """
+    check_choice("loss", loss, LOSSES)
+    x, y = check_data(x, y, loss)
+    batch_size = check_positive_int("batch_size", batch_size)
+    total_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            total_loss += loss_value(model, xb, yb, loss).item() * len(xb)
+            if loss == "cross_entropy":
+                like = trainable_parameters(model)[0]
+                predicted = model(as_tensor(xb, like)).argmax(dim=1).cpu().numpy()
+                correct += int(np.sum(predicted == yb))
+    result = {"loss": total_loss / len(x)}
+    if loss == "cross_entropy":
+        result["accuracy"] = correct / len(x)
+    return result
+
+
+def _optimizer(params, name: str, lr: float, momentum: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
+                      clip, monitor):
+    check_positive_int("epochs", epochs)
+    check_positive("lr", lr)
+    check_positive_int("batch_size", batch_size)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if momentum and optimizer != "sgd":
+        raise ValueError("momentum applies to optimizer='sgd' only")
+    check_choice("loss", loss, LOSSES)
+    if clip is not None and not callable(clip):
+        raise TypeError("clip must be None or a function taking and returning a gradient list")
+    if monitor is not None and not hasattr(monitor, "record"):
+        raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
+    return check_data(x, y, loss)
+
+
+def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: str = "sgd",
+          momentum: float = 0.0, loss: str = "cross_entropy", clip=None, monitor=None,
+          progress: bool = True, seed: int = 0) -> History:
+    """Minibatch training of ``model`` on ``(x, y)``; returns a :class:`History`.
+
+    Each step takes the next shuffled minibatch (the order depends on ``seed`` only, the
+    same in both back ends), computes the mean loss and its gradient ``g``, records
+    ``||g||_2`` (and hands ``g`` to ``monitor``), applies ``clip`` if given, and takes an
+    optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` or Adam.
+
+    Args:
+        clip: ``None`` or a function ``grads -> grads`` applied before each update (see
+            :mod:`companion.torch.clipping` when it is there, or write your own).
+        monitor: e.g. a :class:`GradientMonitor`; its ``record(step, grads)`` sees the raw
+            (unclipped) gradients.
+        progress: show a tqdm progress bar (on stdout) with the running loss.
+
+    Raises:
+        NonFiniteError: the loss or the gradient norm is ``nan`` or ``inf`` at some step. The
+            message names the step; the update of that step is not applied, and the error's
+            ``history`` holds the steps before it.
+        ValueError, TypeError: bad arguments, before anything is changed.
+    """
+    x, y = _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
+                             clip, monitor)
+    params = trainable_parameters(model)
+    opt = _optimizer(params, optimizer, lr, momentum)
+    history = History()
+    total = epochs * math.ceil(len(x) / batch_size)
+    model.train()
+    with tqdm(total=total, desc="train", file=sys.stdout, disable=not progress) as bar:
+        for step, batch in enumerate(minibatches(len(x), batch_size, epochs, seed)):
+            xb, yb = x[batch], y[batch]
+            like = params[0]
+            output = model(as_tensor(xb, like))
+            target = as_tensor(yb, like)
+            batch_loss = _mean_loss(output, target, loss)
+            grads = list(torch.autograd.grad(batch_loss, params))
+            loss_item, norm = batch_loss.item(), global_norm(grads)
+            if not (math.isfinite(loss_item) and math.isfinite(norm)):
+                raise NonFiniteError(nonfinite_message(step, loss_item, norm), step, history)
+            if monitor is not None:
+                monitor.record(step, grads)
+            history.loss.append(loss_item)
+            history.grad_norm.append(norm)
+            if loss == "cross_entropy":
+                history.accuracy.append((output.argmax(dim=1) == target).float().mean().item())
+            if clip is not None:
+                grads = clip(grads)
+            for param, grad in zip(params, grads):
+                param.grad = grad
+            opt.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)
+    return history
