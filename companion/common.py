@@ -102,6 +102,8 @@ def check_data(x, y, loss: str):
         raise ValueError(
             f"cross_entropy needs integer class labels of shape (n,), got {y.dtype} {y.shape}"
         )
+    if loss == "cross_entropy":
+        y = y.astype(np.int64, copy=False)  # torch rejects int32 targets, TensorFlow uint8
     return x, y
 
 
@@ -285,3 +287,43 @@ class GradientNormRecorder:
         ax.set_ylabel("gradient norm")
         ax.legend(fontsize="small", ncol=2)
         return ax
+
+
+SCOPES = ("global", "layer")
+
+
+def check_sparsity(sparsity) -> float:
+    """Return ``sparsity`` as a float if it lies in [0, 1); raise ``ValueError`` if not."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise TypeError(f"sparsity must be a number in [0, 1), got {type(sparsity).__name__}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    return float(sparsity)
+
+
+def lowest_score_masks(scores, eligible, sparsity: float, scope: str) -> list:
+    """0/1 masks that prune the ``round(sparsity * n)`` lowest-scoring eligible entries.
+
+    ``scores`` are canonical-layout arrays; ``eligible[i]`` says whether tensor ``i`` may be
+    pruned (its mask is ``None`` otherwise). With ``scope="global"`` the ``n`` eligible
+    entries compete together; with ``"layer"`` each tensor loses ``round(sparsity * n_i)``
+    of its own. Ties are broken by position (tensor order, then row-major canonical index),
+    so the masks are the same in every back end. ``round`` is Python's, as in
+    ``torch.nn.utils.prune``.
+    """
+    check_choice("scope", scope, SCOPES)
+    chosen = [i for i, ok in enumerate(eligible) if ok]
+    for i in chosen:
+        if not np.all(np.isfinite(scores[i])):
+            raise ValueError(f"scores of parameter {i} contain nan or inf")
+    groups = [chosen] if scope == "global" else [[i] for i in chosen]
+    masks = [None] * len(scores)
+    for group in groups:
+        flat = np.concatenate([np.ravel(scores[i]).astype(np.float64) for i in group]) if group \
+            else np.zeros(0)
+        keep = np.ones(flat.size, dtype=bool)
+        keep[np.argsort(flat, kind="stable")[:round(sparsity * flat.size)]] = False
+        offsets = np.cumsum([0] + [np.size(scores[i]) for i in group])
+        for i, start, stop in zip(group, offsets[:-1], offsets[1:]):
+            masks[i] = keep[start:stop].reshape(np.shape(scores[i])).astype(np.float32)
+    return masks

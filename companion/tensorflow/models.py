@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from ..common import (ACTIVATIONS, RNN_NONLINEARITIES, check_choice, check_positive,
                       check_positive_int, check_sizes, mlp_initial_weights, resolve_seed,
                       rnn_initial_weights)
 
 __all__ = ["mlp", "rnn", "trainable_parameters", "parameter_names", "get_weights",
-           "set_weights", "to_canonical"]
+           "set_weights", "to_canonical", "from_canonical"]
 
 
 def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
@@ -139,28 +140,48 @@ def get_weights(model) -> list:
     return to_canonical(model, trainable_parameters(model))
 
 
+def from_canonical(model, arrays) -> list:
+    """Canonical-layout arrays aligned with the variables, as tensors in Keras' layout.
+
+    The inverse of :func:`to_canonical`: kernels are transposed back, values are cast to
+    each variable's dtype. ``None`` stays ``None``.
+
+    Raises:
+        ValueError: the number of arrays or any shape differs from the canonical shapes of
+            the variables; the message names the variable and the expected shape.
+    """
+    arrays = [None if a is None else np.asarray(a) for a in arrays]
+    variables = trainable_parameters(model)
+    _check_aligned(model, arrays)
+    tensors = []
+    for name, variable, array in zip(parameter_names(model), variables, arrays):
+        if array is None:
+            tensors.append(None)
+            continue
+        perm = _kernel_permutation(variable, len(variable.shape))
+        expected = tuple(variable.shape) if perm is None else tuple(
+            variable.shape[i] for i in perm)
+        if tuple(array.shape) != expected:
+            raise ValueError(f"{name} needs shape {expected} (canonical layout "
+                             f"(out, in, ...)), got {array.shape}")
+        native = array if perm is None else array.transpose(np.argsort(perm))
+        tensors.append(tf.convert_to_tensor(native, dtype=variable.dtype))
+    return tensors
+
+
 def set_weights(model, arrays) -> None:
     """Copy canonical-layout arrays into the model's trainable variables.
 
     Raises:
         ValueError: the number of arrays or any shape differs from the canonical shapes of
-            the variables; the message names the variable and the expected shape. The
-            model is left unchanged.
+            the variables (see :func:`from_canonical`). The model is left unchanged.
     """
-    arrays = [np.asarray(a) for a in arrays]
-    variables = trainable_parameters(model)
-    _check_aligned(model, arrays)
-    native = []
-    for name, variable, array in zip(parameter_names(model), variables, arrays):
-        perm = _kernel_permutation(variable, len(variable.shape))
-        expected = tuple(variable.shape) if perm is None else tuple(
-            variable.shape[i] for i in perm)
-        if tuple(array.shape) != expected:
-            raise ValueError(f"set_weights: {name} needs shape {expected} "
-                             f"(canonical layout (out, in, ...)), got {array.shape}")
-        native.append(array if perm is None else array.transpose(np.argsort(perm)))
-    for variable, array in zip(variables, native):
-        variable.assign(array.astype(variable.dtype))
+    arrays = list(arrays)
+    if any(a is None for a in arrays):
+        raise ValueError("set_weights needs an array for every parameter, got None")
+    tensors = from_canonical(model, arrays)
+    for variable, tensor in zip(trainable_parameters(model), tensors):
+        variable.assign(tensor)
 
 
 def _check_aligned(model, items: list) -> None:

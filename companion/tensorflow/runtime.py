@@ -11,6 +11,15 @@ import tensorflow as tf
 __all__ = ["seed_everything", "device", "as_tensor"]
 
 
+def _drop_retracing_warning(record) -> bool:
+    # Each model gets its own compiled step function, all from the same code; TensorFlow
+    # counts them together and warns of "retracing", on stderr, in every notebook.
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_drop_retracing_warning)
+
+
 def seed_everything(seed: int) -> None:
     """Make runs repeatable: seed Python, NumPy, TensorFlow and Keras.
 

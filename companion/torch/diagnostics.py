@@ -8,7 +8,7 @@ from ..common import (GradientNormRecorder, check_positive, layer_norms_from,
                       norm_of_norms)
 from .models import parameter_names
 
-__all__ = ["global_norm", "layer_norms", "GradientMonitor"]
+__all__ = ["global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
 
 
 def _tensor_norms(grads, norm_type: float) -> list:
@@ -33,6 +33,24 @@ def global_norm(grads, norm_type: float = 2.0) -> float:
     """
     norm_type = check_positive("norm_type", norm_type, allow_inf=True)
     return norm_of_norms(_tensor_norms(grads, norm_type), norm_type)
+
+
+def parameter_norms(model, grads, norm_type: float = 2.0) -> dict:
+    """Gradient norm of each parameter: ``{parameter name: ||g||_p}``, in the model's order.
+
+    ``None`` gradients are skipped.
+
+    Raises:
+        ValueError: ``grads`` is not aligned with the parameters, or a bad ``norm_type``.
+    """
+    norm_type = check_positive("norm_type", norm_type, allow_inf=True)
+    grads = list(grads)
+    names = parameter_names(model)
+    if len(grads) != len(names):
+        raise ValueError(f"expected one gradient per trainable parameter ({len(names)}), "
+                         f"got {len(grads)}")
+    present = [name for name, grad in zip(names, grads) if grad is not None]
+    return dict(zip(present, _tensor_norms(grads, norm_type)))
 
 
 def layer_norms(model, grads, norm_type: float = 2.0) -> dict:

@@ -20,7 +20,7 @@ from ..common import (ACTIVATIONS, RNN_NONLINEARITIES, check_choice, check_posit
 from .runtime import device
 
 __all__ = ["mlp", "rnn", "RecurrentLayer", "trainable_parameters", "parameter_names",
-           "get_weights", "set_weights", "to_canonical"]
+           "get_weights", "set_weights", "to_canonical", "from_canonical"]
 
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                        "linear": nn.Identity}
@@ -71,6 +71,7 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh"):
         super().__init__()
+        check_choice("nonlinearity", nonlinearity, RNN_NONLINEARITIES)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
@@ -139,24 +140,45 @@ def get_weights(model: nn.Module) -> list:
     return to_canonical(model, trainable_parameters(model))
 
 
+def from_canonical(model: nn.Module, arrays) -> list:
+    """Canonical-layout arrays aligned with the parameters, as tensors like the parameters.
+
+    The inverse of :func:`to_canonical`: each array becomes a tensor with its parameter's
+    dtype and device (the layout is already PyTorch's). ``None`` stays ``None``.
+
+    Raises:
+        ValueError: the number of arrays or any shape differs from the parameters'; the
+            message names the parameter and the expected shape.
+    """
+    arrays = [None if a is None else np.asarray(a) for a in arrays]
+    params = trainable_parameters(model)
+    _check_aligned(model, arrays)
+    tensors = []
+    for name, param, array in zip(parameter_names(model), params, arrays):
+        if array is None:
+            tensors.append(None)
+            continue
+        if tuple(array.shape) != tuple(param.shape):
+            raise ValueError(f"{name} needs shape {tuple(param.shape)} (canonical layout "
+                             f"(out, in, ...)), got {array.shape}")
+        tensors.append(torch.as_tensor(array, dtype=param.dtype, device=param.device))
+    return tensors
+
+
 def set_weights(model: nn.Module, arrays) -> None:
     """Copy canonical-layout arrays into the model's trainable parameters.
 
     Raises:
-        ValueError: the number of arrays or any shape differs from the parameters'; the
-            message names the parameter and the expected canonical shape. The model is
-            left unchanged.
+        ValueError: the number of arrays or any shape differs from the parameters' (see
+            :func:`from_canonical`). The model is left unchanged.
     """
-    arrays = [np.asarray(a) for a in arrays]
-    params = trainable_parameters(model)
-    _check_aligned(model, arrays)
-    for name, param, array in zip(parameter_names(model), params, arrays):
-        if tuple(array.shape) != tuple(param.shape):
-            raise ValueError(f"set_weights: {name} needs shape {tuple(param.shape)} "
-                             f"(canonical layout (out, in, ...)), got {array.shape}")
+    arrays = list(arrays)
+    if any(a is None for a in arrays):
+        raise ValueError("set_weights needs an array for every parameter, got None")
+    tensors = from_canonical(model, arrays)
     with torch.no_grad():
-        for param, array in zip(params, arrays):
-            param.copy_(torch.as_tensor(array, dtype=param.dtype))
+        for param, tensor in zip(trainable_parameters(model), tensors):
+            param.copy_(tensor)
 
 
 def _check_aligned(model: nn.Module, items: list) -> None:

@@ -15,7 +15,7 @@ from .diagnostics import global_norm
 from .models import trainable_parameters
 from .runtime import as_tensor
 
-__all__ = ["loss_value", "gradients", "evaluate", "train"]
+__all__ = ["loss_value", "gradients", "input_gradients", "evaluate", "train"]
 
 
 def loss_value(model, x, y, loss: str = "cross_entropy") -> torch.Tensor:
@@ -43,6 +43,20 @@ def gradients(model, x, y, loss: str = "cross_entropy") -> list:
     The gradients are returned, not stored in ``.grad``: the model is not changed.
     """
     return list(torch.autograd.grad(loss_value(model, x, y, loss), trainable_parameters(model)))
+
+
+def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
+    """``dL/dx``: the gradient of the mean loss with respect to the inputs, as NumPy.
+
+    Same shape as ``x``. For a sequence model, ``||dL/dx_t||`` against ``t`` shows how far
+    back in time the gradient reaches (it vanishes or explodes with the distance ``T - t``).
+    """
+    check_choice("loss", loss, LOSSES)
+    x, y = check_data(x, y, loss)
+    like = trainable_parameters(model)[0]
+    inputs = as_tensor(x, like).requires_grad_(True)
+    value = _mean_loss(model(inputs), as_tensor(y, like), loss)
+    return torch.autograd.grad(value, inputs)[0].cpu().numpy()
 
 
 def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -> dict:

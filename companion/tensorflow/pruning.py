@@ -1,0 +1,69 @@
+"""Pruning core, TensorFlow back end: scores, masks and applying them.
+
+Scores and masks are lists aligned with :func:`trainable_parameters`, in each
+variable's own (Keras) layout; masks are 0/1 tensors (``None`` for a variable left whole).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ..common import check_choice, check_sparsity, lowest_score_masks, SCOPES
+from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
+
+__all__ = ["magnitude_scores", "masks_from_scores", "apply_masks"]
+
+
+def magnitude_scores(model) -> list:
+    """Magnitude saliency ``s_q = |w_q|`` of every parameter entry (Han et al. 2015)."""
+    return [tf.abs(v) for v in trainable_parameters(model)]
+
+
+def _check_shapes(model, tensors, what: str) -> list:
+    tensors = list(tensors)
+    variables = trainable_parameters(model)
+    if len(tensors) != len(variables):
+        raise ValueError(f"expected one {what} entry per trainable parameter "
+                         f"({len(variables)}), got {len(tensors)}")
+    for name, variable, tensor in zip(parameter_names(model), variables, tensors):
+        if tensor is not None and tuple(tensor.shape) != tuple(variable.shape):
+            raise ValueError(f"{what} for {name} has shape {tuple(tensor.shape)}, "
+                             f"the parameter has {tuple(variable.shape)}")
+    return tensors
+
+
+def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
+                      prune_biases: bool = False) -> list:
+    """Masks that prune the lowest-scoring weights: exactly ``round(sparsity * n)`` of them.
+
+    Weights are the variables with two or more dimensions (biases too if
+    ``prune_biases``) whose score is not ``None``; the others get mask ``None``. With
+    ``scope="global"`` all eligible weights compete in one ranking (the count is over all of
+    them, as ``torch.nn.utils.prune.global_unstructured``); with ``"layer"`` each tensor
+    loses ``round(sparsity * n_i)`` of its own entries (as ``l1_unstructured``). Ties are
+    broken by position in the canonical layout, so both back ends give the same masks.
+
+    Raises:
+        ValueError: sparsity outside [0, 1), an unknown scope, scores not aligned with the
+            parameters or of the wrong shape, or non-finite scores. Nothing is changed.
+    """
+    sparsity = check_sparsity(sparsity)
+    check_choice("scope", scope, SCOPES)
+    scores = _check_shapes(model, scores, "score")
+    eligible = [s is not None and (prune_biases or len(v.shape) >= 2)
+                for s, v in zip(scores, trainable_parameters(model))]
+    canonical = to_canonical(model, scores)
+    return from_canonical(model, lowest_score_masks(canonical, eligible, sparsity, scope))
+
+
+def apply_masks(model, masks) -> None:
+    """Zero the pruned entries in place: ``w <- w * m`` for every mask that is not ``None``.
+
+    Raises:
+        ValueError: masks not aligned with the parameters or of the wrong shape; nothing
+            is changed.
+    """
+    masks = _check_shapes(model, masks, "mask")
+    for variable, mask in zip(trainable_parameters(model), masks):
+        if mask is not None:
+            variable.assign(variable * tf.cast(mask, variable.dtype))

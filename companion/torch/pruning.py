@@ -1,0 +1,70 @@
+"""Pruning core, PyTorch back end: scores, masks and applying them.
+
+Scores and masks are lists aligned with :func:`trainable_parameters`, in each
+parameter's own layout; masks are 0/1 tensors (``None`` for a parameter left whole).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..common import check_choice, check_sparsity, lowest_score_masks, SCOPES
+from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
+
+__all__ = ["magnitude_scores", "masks_from_scores", "apply_masks"]
+
+
+def magnitude_scores(model) -> list:
+    """Magnitude saliency ``s_q = |w_q|`` of every parameter entry (Han et al. 2015)."""
+    return [p.detach().abs() for p in trainable_parameters(model)]
+
+
+def _check_shapes(model, tensors, what: str) -> list:
+    tensors = list(tensors)
+    params = trainable_parameters(model)
+    if len(tensors) != len(params):
+        raise ValueError(f"expected one {what} entry per trainable parameter "
+                         f"({len(params)}), got {len(tensors)}")
+    for name, param, tensor in zip(parameter_names(model), params, tensors):
+        if tensor is not None and tuple(tensor.shape) != tuple(param.shape):
+            raise ValueError(f"{what} for {name} has shape {tuple(tensor.shape)}, "
+                             f"the parameter has {tuple(param.shape)}")
+    return tensors
+
+
+def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
+                      prune_biases: bool = False) -> list:
+    """Masks that prune the lowest-scoring weights: exactly ``round(sparsity * n)`` of them.
+
+    Weights are the parameters with two or more dimensions (biases too if
+    ``prune_biases``) whose score is not ``None``; the others get mask ``None``. With
+    ``scope="global"`` all eligible weights compete in one ranking (the count is over all of
+    them, as ``torch.nn.utils.prune.global_unstructured``); with ``"layer"`` each tensor
+    loses ``round(sparsity * n_i)`` of its own entries (as ``l1_unstructured``). Ties are
+    broken by position in the canonical layout, so both back ends give the same masks.
+
+    Raises:
+        ValueError: sparsity outside [0, 1), an unknown scope, scores not aligned with the
+            parameters or of the wrong shape, or non-finite scores. Nothing is changed.
+    """
+    sparsity = check_sparsity(sparsity)
+    check_choice("scope", scope, SCOPES)
+    scores = _check_shapes(model, scores, "score")
+    eligible = [s is not None and (prune_biases or p.dim() >= 2)
+                for s, p in zip(scores, trainable_parameters(model))]
+    canonical = to_canonical(model, scores)
+    return from_canonical(model, lowest_score_masks(canonical, eligible, sparsity, scope))
+
+
+def apply_masks(model, masks) -> None:
+    """Zero the pruned entries in place: ``w <- w * m`` for every mask that is not ``None``.
+
+    Raises:
+        ValueError: masks not aligned with the parameters or of the wrong shape; nothing
+            is changed.
+    """
+    masks = _check_shapes(model, masks, "mask")
+    with torch.no_grad():
+        for param, mask in zip(trainable_parameters(model), masks):
+            if mask is not None:
+                param.mul_(mask.to(param.dtype))
