@@ -1,18 +1,21 @@
 """The TensorFlow (Keras 3) back end: the same names and numbers as :mod:`companion.torch`."""
 
+from ..common import History, NonFiniteError, share_cpu_between_frameworks
 from .diagnostics import GradientMonitor, global_norm, layer_norms, parameter_norms
-from .models import (from_canonical, get_weights, mlp, parameter_names, rnn, set_weights, to_canonical,
-                     trainable_parameters)
-from .pruning import apply_masks, magnitude_scores, masks_from_scores
+from .models import (from_canonical, get_weights, mlp, parameter_names, rnn, set_weights,
+                     to_canonical, trainable_parameters)
+from .pruning import apply_masks, magnitude_scores, masks_from_scores, prune
 from .runtime import as_tensor, device, seed_everything
 from .training import evaluate, gradients, input_gradients, loss_value, train
-from ..common import History, NonFiniteError
 
 __all__ = [
     "seed_everything", "device", "as_tensor",
     "mlp", "rnn", "trainable_parameters", "parameter_names",
     "get_weights", "set_weights", "to_canonical", "from_canonical",
-    "loss_value", "gradients", "input_gradients", "evaluate", "train", "History", "NonFiniteError",
+    "loss_value", "gradients", "input_gradients", "evaluate", "train",
+    "History", "NonFiniteError",
     "global_norm", "parameter_norms", "layer_norms", "GradientMonitor",
-    "magnitude_scores", "masks_from_scores", "apply_masks",
+    "magnitude_scores", "masks_from_scores", "apply_masks", "prune",
 ]
+
+share_cpu_between_frameworks()

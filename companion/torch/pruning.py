@@ -11,7 +11,7 @@ import torch
 from ..common import check_choice, check_sparsity, lowest_score_masks, SCOPES
 from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
 
-__all__ = ["magnitude_scores", "masks_from_scores", "apply_masks"]
+__all__ = ["magnitude_scores", "masks_from_scores", "apply_masks", "prune"]
 
 
 def magnitude_scores(model) -> list:
@@ -68,3 +68,15 @@ def apply_masks(model, masks) -> None:
         for param, mask in zip(trainable_parameters(model), masks):
             if mask is not None:
                 param.mul_(mask.to(param.dtype))
+
+
+def prune(model, scores, sparsity: float, scope: str = "global",
+          prune_biases: bool = False) -> list:
+    """One-shot pruning: :func:`masks_from_scores`, then :func:`apply_masks`; returns the masks.
+
+    For example ``prune(model, magnitude_scores(model), 0.9)`` zeroes the 90 % of weights
+    with the smallest magnitude, ranked across all layers.
+    """
+    masks = masks_from_scores(model, scores, sparsity, scope, prune_biases)
+    apply_masks(model, masks)
+    return masks
