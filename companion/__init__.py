@@ -20,6 +20,8 @@ two frameworks usable side by side in one process:
 import importlib
 import importlib.util
 import os
+import sys
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -27,7 +29,14 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 if importlib.util.find_spec("triton") is not None:
-    importlib.import_module("triton")
+    if "tensorflow" not in sys.modules:
+        importlib.import_module("triton")
+    elif "triton" not in sys.modules:
+        # Too late: importing triton now would abort the process (tensorflow#124205).
+        warnings.warn("companion was imported after TensorFlow, so triton could not be "
+                      "loaded first; a later `import triton` (e.g. by a CUDA build of "
+                      "PyTorch) will crash. Import companion before tensorflow.",
+                      RuntimeWarning, stacklevel=2)
 
 __all__ = ["data", "torch", "tensorflow"]
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+
 def share_cpu_between_frameworks() -> None:
     """Give PyTorch one CPU thread once TensorFlow is loaded in the same process.
 
@@ -241,8 +242,8 @@ class GradientNormRecorder:
     turns gradients into norms with it, keeps them, decides what is a spike and plots them.
 
     A step is a *spike* when its total norm exceeds ``spike_factor`` times the median of the
-    previous ``window`` finite total norms (at least ``min_history`` of them). The median is
-    robust: one earlier spike does not hide the next.
+    finite values among the previous ``window`` total norms (at least ``min_history`` of
+    them). The median is robust: one earlier spike does not hide the next.
     """
 
     def __init__(self, model, spike_factor: float = 10.0, window: int = 50,
@@ -342,3 +343,140 @@ def lowest_score_masks(scores, eligible, sparsity: float, scope: str) -> list:
         for i, start, stop in zip(group, offsets[:-1], offsets[1:]):
             masks[i] = keep[start:stop].reshape(np.shape(scores[i])).astype(np.float32)
     return masks
+
+
+def check_clip_inputs(grads, params):
+    """Check that ``grads`` and ``params`` are aligned lists of equal shapes; return lists."""
+    grads, params = list(grads), list(params)
+    if len(grads) != len(params):
+        raise ValueError(f"grads and params must have the same length, got {len(grads)} "
+                         f"and {len(params)}")
+    for i, (g, w) in enumerate(zip(grads, params)):
+        if g is not None and tuple(g.shape) != tuple(w.shape):
+            raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, its parameter "
+                             f"{tuple(w.shape)}")
+    return grads, params
+
+
+def nonfinite_norm_message(total: float, norm_type: float) -> str:
+    """The message of the error raised for a non-finite global gradient norm."""
+    return (f"the total gradient norm of order {norm_type} is {total}; nothing was clipped "
+            "(pass error_if_nonfinite=False to get all-nan gradients instead)")
+
+
+CLIP_RULES = ("value", "norm", "global_norm", "adaptive")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A clipping rule for ``train(..., clip=Clip(...))``, the same object for both back ends.
+
+    * ``Clip("value", c)``: :func:`clip_by_value` with ``clip_value=c``;
+    * ``Clip("norm", c)``: :func:`clip_by_norm`, each tensor to norm ``<= c``;
+    * ``Clip("global_norm", c, norm_type=p)``: :func:`clip_by_global_norm`;
+    * ``Clip("adaptive", lam, eps=e)``: :func:`adaptive_clip` relative to the weights.
+
+    Raises:
+        ValueError: an unknown rule, or a threshold, ``norm_type`` or ``eps`` that is not
+            a number > 0 (``norm_type`` may be inf).
+    """
+
+    rule: str
+    threshold: float
+    norm_type: float = 2.0
+    eps: float = 1e-3
+
+    def __post_init__(self):
+        check_choice("clip rule", self.rule, CLIP_RULES)
+        check_positive("clip threshold", self.threshold)
+        check_positive("norm_type", self.norm_type, allow_inf=True)
+        check_positive("eps", self.eps)
+
+
+def resolve_clip(clip, params, rules):
+    """``clip`` as a function ``grads -> grads``, using a back end's clipping module ``rules``.
+
+    ``None`` and plain functions are returned as they are; a :class:`Clip` becomes a call of
+    the matching function of ``rules`` (``clip_by_value``, ``clip_by_norm``,
+    ``clip_by_global_norm`` or ``adaptive_clip``).
+    """
+    if clip is None or (callable(clip) and not isinstance(clip, Clip)):
+        return clip
+    if not isinstance(clip, Clip):
+        raise TypeError("clip must be None, a Clip(...) rule or a function grads -> grads, "
+                        f"got {type(clip).__name__}")
+    if clip.rule == "value":
+        return lambda grads: rules.clip_by_value(grads, clip.threshold)
+    if clip.rule == "norm":
+        return lambda grads: rules.clip_by_norm(grads, clip.threshold)
+    if clip.rule == "global_norm":
+        return lambda grads: rules.clip_by_global_norm(grads, clip.threshold, clip.norm_type)[0]
+    return lambda grads: rules.adaptive_clip(grads, params, clip.threshold, clip.eps)
+
+
+DATA_PARALLEL_CLIPS = ("after_allreduce", "per_worker", None)
+
+
+@dataclass
+class DataParallelStep:
+    """One SGD step under data parallelism (``data_parallel_step`` in either back end).
+
+    With ``K`` workers, worker ``k`` computes ``g_k``, the gradient of the mean loss on its
+    shard; the all-reduce gives every worker ``g = (1/K) sum_k g_k``.
+
+    Attributes:
+        clip: ``"after_allreduce"``, ``"per_worker"`` or ``None`` (see ``data_parallel_step``).
+        weights: canonical-layout arrays after the step ``w - lr * update`` (worker 0's copy;
+            every worker holds the same after the all-reduce).
+        global_norm: ``||g||_2``, the norm of the all-reduced gradient before any clipping:
+            the whole batch's gradient norm.
+        worker_norms: ``[||g_k||_2 for k < K]``, each worker's own gradient norm before any
+            clipping.
+    """
+
+    clip: str | None
+    weights: list
+    global_norm: float
+    worker_norms: list
+
+
+def check_data_parallel_args(weights, sizes, x, y, lr, max_norm, workers, clips, loss):
+    """Validate the arguments of ``data_parallel_step`` before any process is started.
+
+    Returns ``(weights, sizes, x, y, lr, max_norm, workers, clips)`` normalised: float32
+    canonical weights, float32 ``x``, ``lr`` and ``max_norm`` as floats (``max_norm`` may be
+    ``None`` when no clipping mode needs it), ``clips`` as a tuple.
+
+    Raises:
+        ValueError: an unknown clipping mode or loss, ``workers < 1``, a batch whose size is
+            not a multiple of ``workers``, weights that do not fit ``sizes``, inputs whose
+            width is not ``sizes[0]``, ``lr`` or ``max_norm`` not a finite number > 0.
+    """
+    clips = tuple(clips)
+    if not clips:
+        raise ValueError("clips is empty; allowed modes: "
+                         f"{', '.join(map(repr, DATA_PARALLEL_CLIPS))}")
+    for clip in clips:
+        check_choice("clip mode", clip, DATA_PARALLEL_CLIPS)
+    workers = check_positive_int("workers", workers)
+    check_choice("loss", loss, LOSSES)
+    sizes = check_sizes(sizes)
+    x, y = check_data(x, y, loss)
+    if x.ndim != 2 or x.shape[1] != sizes[0]:
+        raise ValueError(f"x must have shape (n, {sizes[0]}), got {x.shape}")
+    if len(x) % workers:
+        raise ValueError(f"the batch of {len(x)} examples cannot be split into {workers} "
+                         "equal shards; use a batch size that is a multiple of workers")
+    weights = [np.asarray(w, dtype=np.float32) for w in weights]
+    shapes = [s for i, o in zip(sizes[:-1], sizes[1:]) for s in ((o, i), (o,))]
+    if [w.shape for w in weights] != shapes:
+        raise ValueError(f"weights must be canonical MLP arrays of shapes {shapes}, got "
+                         f"{[w.shape for w in weights]}")
+    lr = check_positive("lr", lr)
+    if max_norm is None:
+        if any(clip is not None for clip in clips):
+            raise ValueError("max_norm is needed by the clipping modes "
+                             f"{[c for c in clips if c is not None]}")
+    else:
+        max_norm = check_positive("max_norm", max_norm)
+    return weights, sizes, x.astype(np.float32, copy=False), y, lr, max_norm, workers, clips

@@ -1,6 +1,8 @@
 """The TensorFlow (Keras 3) back end: the same names and numbers as :mod:`companion.torch`."""
 
-from ..common import History, NonFiniteError, share_cpu_between_frameworks
+from ..common import Clip, History, NonFiniteError, share_cpu_between_frameworks
+from .clipping import (adaptive_clip, clip_by_global_norm, clip_by_norm, clip_by_value,
+                       clip_function)
 from .diagnostics import GradientMonitor, global_norm, layer_norms, parameter_norms
 from .models import (from_canonical, get_weights, mlp, parameter_names, rnn, set_weights,
                      to_canonical, trainable_parameters)
@@ -14,6 +16,8 @@ __all__ = [
     "get_weights", "set_weights", "to_canonical", "from_canonical",
     "loss_value", "gradients", "input_gradients", "evaluate", "train",
     "History", "NonFiniteError",
+    "Clip", "clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
+    "clip_function",
     "global_norm", "parameter_norms", "layer_norms", "GradientMonitor",
     "magnitude_scores", "masks_from_scores", "apply_masks", "prune",
 ]

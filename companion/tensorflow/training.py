@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..common import (LOSSES, OPTIMIZERS, History, NonFiniteError, check_choice, check_data,
                       check_positive, check_positive_int, minibatches, nonfinite_message)
+from .clipping import clip_function
 from .models import trainable_parameters
 from .runtime import as_tensor
 
@@ -115,7 +116,7 @@ def _optimizer(name: str, lr: float, momentum: float):
 
 
 def _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                      clip, monitor):
+                      monitor):
     check_positive_int("epochs", epochs)
     check_positive("lr", lr)
     check_positive_int("batch_size", batch_size)
@@ -125,8 +126,6 @@ def _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, 
     if momentum and optimizer != "sgd":
         raise ValueError("momentum applies to optimizer='sgd' only")
     check_choice("loss", loss, LOSSES)
-    if clip is not None and not callable(clip):
-        raise TypeError("clip must be None or a function taking and returning a gradient list")
     if monitor is not None and not hasattr(monitor, "record"):
         raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
     return check_data(x, y, loss)
@@ -144,21 +143,24 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     or Adam.
 
     Args:
-        clip: ``None`` or a function ``grads -> grads`` applied before each update (see
-            :mod:`companion.tensorflow.clipping` when it is there, or write your own).
+        clip: ``None``, a rule such as ``Clip("global_norm", 1.0)`` (see
+            :class:`companion.common.Clip`), or any function ``grads -> grads``; applied
+            to every gradient before its update.
         monitor: e.g. a :class:`GradientMonitor`; its ``record(step, grads)`` sees the raw
-            (unclipped) gradients.
+            (unclipped) gradients of every step, including one that is not finite.
         progress: show a tqdm progress bar (on stdout) with the running loss.
 
     Raises:
         NonFiniteError: the loss or the gradient norm is ``nan`` or ``inf`` at some step. The
             message names the step; the update of that step is not applied, and the error's
             ``history`` holds the steps before it.
-        ValueError, TypeError: bad arguments, before anything is changed.
+        ValueError, TypeError: bad arguments (e.g. a ``clip`` that is none of the above),
+            before anything is changed.
     """
     x, y = _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                             clip, monitor)
+                             monitor)
     variables = trainable_parameters(model)
+    clip = clip_function(clip, variables)
     opt = _optimizer(optimizer, lr, momentum)
     step_gradients = _compiled_gradients(model, loss)
     # Keras' own fit() compiles the update too; eagerly it costs ~10x the gradient.
@@ -172,10 +174,10 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
                                                              target)
             grads = list(grads)
             loss_item, norm = float(batch_loss), float(norm)
-            if not (math.isfinite(loss_item) and math.isfinite(norm)):
-                raise NonFiniteError(nonfinite_message(step, loss_item, norm), step, history)
             if monitor is not None:
                 monitor.record(step, grads)
+            if not (math.isfinite(loss_item) and math.isfinite(norm)):
+                raise NonFiniteError(nonfinite_message(step, loss_item, norm), step, history)
             history.loss.append(loss_item)
             history.grad_norm.append(norm)
             if loss == "cross_entropy":

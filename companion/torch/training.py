@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..common import (LOSSES, OPTIMIZERS, History, NonFiniteError, check_choice, check_data,
                       check_positive, check_positive_int, minibatches, nonfinite_message)
+from .clipping import clip_function
 from .diagnostics import global_norm
 from .models import trainable_parameters
 from .runtime import as_tensor
@@ -68,15 +69,15 @@ def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -
     check_choice("loss", loss, LOSSES)
     x, y = check_data(x, y, loss)
     batch_size = check_positive_int("batch_size", batch_size)
+    like = trainable_parameters(model)[0]
     total_loss, correct = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            total_loss += loss_value(model, xb, yb, loss).item() * len(xb)
+            output = model(as_tensor(xb, like))
+            total_loss += _mean_loss(output, as_tensor(yb, like), loss).item() * len(xb)
             if loss == "cross_entropy":
-                like = trainable_parameters(model)[0]
-                predicted = model(as_tensor(xb, like)).argmax(dim=1).cpu().numpy()
-                correct += int(np.sum(predicted == yb))
+                correct += int(np.sum(output.argmax(dim=1).cpu().numpy() == yb))
     result = {"loss": total_loss / len(x)}
     if loss == "cross_entropy":
         result["accuracy"] = correct / len(x)
@@ -90,7 +91,7 @@ def _optimizer(params, name: str, lr: float, momentum: float):
 
 
 def _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                      clip, monitor):
+                      monitor):
     check_positive_int("epochs", epochs)
     check_positive("lr", lr)
     check_positive_int("batch_size", batch_size)
@@ -100,8 +101,6 @@ def _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, 
     if momentum and optimizer != "sgd":
         raise ValueError("momentum applies to optimizer='sgd' only")
     check_choice("loss", loss, LOSSES)
-    if clip is not None and not callable(clip):
-        raise TypeError("clip must be None or a function taking and returning a gradient list")
     if monitor is not None and not hasattr(monitor, "record"):
         raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
     return check_data(x, y, loss)
@@ -118,21 +117,24 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` or Adam.
 
     Args:
-        clip: ``None`` or a function ``grads -> grads`` applied before each update (see
-            :mod:`companion.torch.clipping` when it is there, or write your own).
+        clip: ``None``, a rule such as ``Clip("global_norm", 1.0)`` (see
+            :class:`companion.common.Clip`), or any function ``grads -> grads``; applied
+            to every gradient before its update.
         monitor: e.g. a :class:`GradientMonitor`; its ``record(step, grads)`` sees the raw
-            (unclipped) gradients.
+            (unclipped) gradients of every step, including one that is not finite.
         progress: show a tqdm progress bar (on stdout) with the running loss.
 
     Raises:
         NonFiniteError: the loss or the gradient norm is ``nan`` or ``inf`` at some step. The
             message names the step; the update of that step is not applied, and the error's
             ``history`` holds the steps before it.
-        ValueError, TypeError: bad arguments, before anything is changed.
+        ValueError, TypeError: bad arguments (e.g. a ``clip`` that is none of the above),
+            before anything is changed.
     """
     x, y = _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                             clip, monitor)
+                             monitor)
     params = trainable_parameters(model)
+    clip = clip_function(clip, params)
     opt = _optimizer(params, optimizer, lr, momentum)
     history = History()
     total = epochs * math.ceil(len(x) / batch_size)
@@ -146,10 +148,10 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
             batch_loss = _mean_loss(output, target, loss)
             grads = list(torch.autograd.grad(batch_loss, params))
             loss_item, norm = batch_loss.item(), global_norm(grads)
-            if not (math.isfinite(loss_item) and math.isfinite(norm)):
-                raise NonFiniteError(nonfinite_message(step, loss_item, norm), step, history)
             if monitor is not None:
                 monitor.record(step, grads)
+            if not (math.isfinite(loss_item) and math.isfinite(norm)):
+                raise NonFiniteError(nonfinite_message(step, loss_item, norm), step, history)
             history.loss.append(loss_item)
             history.grad_norm.append(norm)
             if loss == "cross_entropy":

@@ -1,0 +1,136 @@
+"""Gradient clipping, TensorFlow back end: by value, by norm, by global norm, adaptive.
+
+Every function is pure: it takes a list of gradients aligned with the variables (``None``
+entries pass through untouched) and returns a new list; nothing is modified in place.
+The rules and their non-finite behaviour are the same in :mod:`companion.torch`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import tensorflow as tf
+
+from ..common import (check_clip_inputs, check_positive, nonfinite_norm_message,
+                      resolve_clip)
+from .diagnostics import global_norm
+
+__all__ = ["clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
+           "clip_function"]
+
+
+def clip_by_value(grads, clip_value: float) -> list:
+    """Clip every entry into ``[-c, c]``: ``g_ij <- min(max(g_ij, -c), c)``.
+
+    Changes the gradient's direction whenever some entries are clipped and others not.
+    ``nan`` entries stay ``nan``.
+
+    Raises:
+        ValueError: ``clip_value`` is not a finite number > 0.
+    """
+    c = check_positive("clip_value", clip_value)
+    return [None if g is None else tf.clip_by_value(g, -c, c) for g in grads]
+
+
+def _scale_to(norm: tf.Tensor, max_norm: float) -> tf.Tensor:
+    """``c / max(norm, c)``, and ``nan`` where ``norm`` is not finite."""
+    scale = max_norm / tf.maximum(norm, max_norm)
+    return tf.where(tf.math.is_finite(norm), scale, tf.fill(tf.shape(scale), math.nan))
+
+
+def clip_by_norm(grads, max_norm: float) -> list:
+    """Rescale each tensor on its own to 2-norm at most ``c``: ``g <- g * c / max(||g||_2, c)``.
+
+    What Keras' ``clipnorm`` does. Each tensor keeps its direction, but tensors are scaled
+    by different factors, so the direction of the whole gradient changes. A tensor whose
+    norm is not finite becomes all ``nan``.
+
+    Raises:
+        ValueError: ``max_norm`` is not a finite number > 0.
+    """
+    c = check_positive("max_norm", max_norm)
+    return [None if g is None else g * tf.cast(_scale_to(tf.norm(g), c), g.dtype)
+            for g in grads]
+
+
+def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
+                        error_if_nonfinite: bool = False):
+    """Rescale all gradients together to global p-norm at most ``c``.
+
+    ``T = ||(g_1, ..., g_n)||_p`` over all entries, then ``g_i <- g_i * c / max(T, c)``:
+    one factor for every tensor, so the direction of the whole gradient is kept
+    (Pascanu et al. 2013). Returns ``(clipped, T)`` with ``T`` the norm *before* clipping.
+
+    Compared with the libraries: ``tf.clip_by_global_norm`` (2-norm only) scales by
+    ``c / max(T, c)`` exactly as here; ``torch.nn.utils.clip_grad_norm_`` scales by
+    ``c / (T + 1e-6)`` (clamped at 1), leaving a norm slightly *below* ``c``.
+
+    Non-finite ``T``: with ``error_if_nonfinite=True`` a ``FloatingPointError`` is raised
+    before anything is computed; otherwise every entry of the result is ``nan`` (as in
+    ``tf.clip_by_global_norm``), so a broken step cannot pass for a finite one.
+
+    Raises:
+        ValueError: ``max_norm`` not a finite number > 0, or ``norm_type`` not > 0 (inf
+            allowed).
+        FloatingPointError: ``T`` is not finite and ``error_if_nonfinite`` is set.
+    """
+    c = check_positive("max_norm", max_norm)
+    p = check_positive("norm_type", norm_type, allow_inf=True)
+    grads = list(grads)
+    total = global_norm(grads, p)
+    if not math.isfinite(total) and error_if_nonfinite:
+        raise FloatingPointError(nonfinite_norm_message(total, p))
+    scale = c / max(total, c) if math.isfinite(total) else math.nan
+    return [None if g is None else g * tf.cast(scale, g.dtype) for g in grads], total
+
+
+def _unit_norms(x: tf.Tensor) -> tf.Tensor:
+    """2-norm of each output unit's incoming weights: the last axis of ``(k..., in, out)``.
+
+    Vectors (biases) and scalars get one norm for the whole tensor.
+    """
+    rank = len(x.shape)
+    if rank < 2:
+        return tf.reshape(tf.norm(x), [1] * rank)
+    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=list(range(rank - 1)), keepdims=True))
+
+
+def adaptive_clip(grads, params, clipping: float = 0.01, eps: float = 1e-3) -> list:
+    """Unit-wise adaptive gradient clipping (AGC, Brock et al. 2021).
+
+    For each output unit ``i`` of each variable (a column ``W_i`` of a Keras kernel
+    ``(k..., in, out)``, i.e. its fan-in; a whole bias vector), with ``G_i`` its gradient:
+    ``G_i <- lambda * max(||W_i||, eps) / ||G_i|| * G_i`` if
+    ``||G_i|| > lambda * max(||W_i||, eps)``, else unchanged. The bound is relative to the
+    weights' own size, so small and large layers are clipped alike.
+
+    Raises:
+        ValueError: ``clipping`` or ``eps`` not a finite number > 0, or ``grads`` and
+            ``params`` of different lengths or shapes.
+    """
+    lam = check_positive("clipping", clipping)
+    eps = check_positive("eps", eps)
+    grads, params = check_clip_inputs(grads, params)
+    clipped = []
+    for g, w in zip(grads, params):
+        if g is None:
+            clipped.append(None)
+            continue
+        max_norm = lam * tf.maximum(_unit_norms(tf.convert_to_tensor(w)), eps)
+        g_norm = _unit_norms(g)
+        scaled = g * (max_norm / tf.maximum(g_norm, 1e-6))
+        clipped.append(tf.where(g_norm > max_norm, scaled, g))
+    return clipped
+
+
+def clip_function(clip, params):
+    """``clip`` as a function ``grads -> grads``: a :class:`Clip` rule, a function, or ``None``.
+
+    ``params`` are the parameters the gradients belong to (the ``"adaptive"`` rule needs
+    them). Used by :func:`train`.
+
+    Raises:
+        TypeError: ``clip`` is none of these.
+    """
+    return resolve_clip(clip, params, sys.modules[__name__])
