@@ -479,4 +479,75 @@ def check_data_parallel_args(weights, sizes, x, y, lr, max_norm, workers, clips,
                              f"{[c for c in clips if c is not None]}")
     else:
         max_norm = check_positive("max_norm", max_norm)
+    if np.issubdtype(y.dtype, np.floating):
+        y = y.astype(np.float32, copy=False)
     return weights, sizes, x.astype(np.float32, copy=False), y, lr, max_norm, workers, clips
+
+
+def run_worker_processes(module: str, count: int, folder: str, timeout: float,
+                         what: str = "worker") -> None:
+    """Run ``module._worker_main(rank, folder)`` in ``count`` fresh Python processes; wait.
+
+    Each worker is a new interpreter (``sys.executable -c ...``), not a ``multiprocessing``
+    child: ``spawn`` re-runs the caller's main script in every child (a script without an
+    ``if __name__ == "__main__"`` guard starts workers recursively) and ``fork`` copies a
+    process whose TensorFlow or PyTorch thread pools are already running. Inputs and results
+    travel as files in ``folder``; worker ``k``'s stdout and stderr go to
+    ``folder/worker{k}.log``, so the caller's output stays clean, and an error quotes them.
+
+    Raises:
+        RuntimeError: a worker exited with an error (the others are stopped at once).
+        TimeoutError: the workers did not all finish within ``timeout`` seconds.
+        In every case no worker is left running.
+    """
+    import os
+    import subprocess
+    import time
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)  # so workers import this companion
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    code = f"import sys; from {module} import _worker_main; _worker_main(int(sys.argv[1]), sys.argv[2])"
+    processes = []
+    try:
+        for rank in range(count):
+            with open(os.path.join(folder, f"worker{rank}.log"), "wb") as log:
+                processes.append(subprocess.Popen(
+                    [sys.executable, "-c", code, str(rank), folder], stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder))
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in processes):
+            failed = [k for k, p in enumerate(processes) if p.poll() not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"{what} {failed[0]} failed with exit code "
+                                   f"{processes[failed[0]].returncode}"
+                                   f"{_worker_logs(folder, count)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {count} {what}s did not finish within {timeout} s"
+                                   f"{_worker_logs(folder, count)}")
+            time.sleep(0.02)
+        failed = [k for k, p in enumerate(processes) if p.returncode != 0]
+        if failed:
+            raise RuntimeError(f"{what} {failed[0]} failed with exit code "
+                               f"{processes[failed[0]].returncode}{_worker_logs(folder, count)}")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+def _worker_logs(folder: str, count: int) -> str:
+    """The end of every worker's captured output, for an error message."""
+    import os
+
+    text = ""
+    for rank in range(count):
+        path = os.path.join(folder, f"worker{rank}.log")
+        if os.path.exists(path):
+            with open(path, errors="replace") as f:
+                text += f"\n--- worker {rank} output ---\n{f.read()[-4000:]}"
+    return text

@@ -14,10 +14,10 @@ import tensorflow as tf
 
 from ..common import (check_clip_inputs, check_positive, nonfinite_norm_message,
                       resolve_clip)
-from .diagnostics import global_norm
+from .diagnostics import total_norm
 
 __all__ = ["clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
-           "clip_function"]
+           "clip_function", "clipping_optimizer"]
 
 
 def clip_by_value(grads, clip_value: float) -> list:
@@ -35,8 +35,8 @@ def clip_by_value(grads, clip_value: float) -> list:
 
 def _scale_to(norm: tf.Tensor, max_norm: float) -> tf.Tensor:
     """``c / max(norm, c)``, and ``nan`` where ``norm`` is not finite."""
-    scale = max_norm / tf.maximum(norm, max_norm)
-    return tf.where(tf.math.is_finite(norm), scale, tf.fill(tf.shape(scale), math.nan))
+    scale = max_norm / tf.maximum(norm, tf.cast(max_norm, norm.dtype))
+    return tf.where(tf.math.is_finite(norm), scale, tf.cast(math.nan, norm.dtype))
 
 
 def clip_by_norm(grads, max_norm: float) -> list:
@@ -60,15 +60,18 @@ def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
 
     ``T = ||(g_1, ..., g_n)||_p`` over all entries, then ``g_i <- g_i * c / max(T, c)``:
     one factor for every tensor, so the direction of the whole gradient is kept
-    (Pascanu et al. 2013). Returns ``(clipped, T)`` with ``T`` the norm *before* clipping.
+    (Pascanu et al. 2013). Returns ``(clipped, T)``, with ``T`` (a 0-d float64 tensor) the
+    norm *before* clipping, the number worth logging. Works inside ``tf.function`` (and
+    so inside ``model.fit``).
 
     Compared with the libraries: ``tf.clip_by_global_norm`` (2-norm only) scales by
     ``c / max(T, c)`` exactly as here; ``torch.nn.utils.clip_grad_norm_`` scales by
     ``c / (T + 1e-6)`` (clamped at 1), leaving a norm slightly *below* ``c``.
 
     Non-finite ``T``: with ``error_if_nonfinite=True`` a ``FloatingPointError`` is raised
-    before anything is computed; otherwise every entry of the result is ``nan`` (as in
-    ``tf.clip_by_global_norm``), so a broken step cannot pass for a finite one.
+    and nothing is returned (inside ``tf.function``, TensorFlow's ``InvalidArgumentError``);
+    otherwise every entry of the result is ``nan`` (as in ``tf.clip_by_global_norm``), so
+    a broken step cannot pass for a finite one.
 
     Raises:
         ValueError: ``max_norm`` not a finite number > 0, or ``norm_type`` not > 0 (inf
@@ -78,10 +81,14 @@ def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
     c = check_positive("max_norm", max_norm)
     p = check_positive("norm_type", norm_type, allow_inf=True)
     grads = list(grads)
-    total = global_norm(grads, p)
-    if not math.isfinite(total) and error_if_nonfinite:
-        raise FloatingPointError(nonfinite_norm_message(total, p))
-    scale = c / max(total, c) if math.isfinite(total) else math.nan
+    total = total_norm(grads, p)
+    if error_if_nonfinite:
+        if tf.executing_eagerly():
+            if not math.isfinite(float(total)):
+                raise FloatingPointError(nonfinite_norm_message(float(total), p))
+        else:
+            total = tf.debugging.assert_all_finite(total, nonfinite_norm_message("not finite", p))
+    scale = _scale_to(total, c)
     return [None if g is None else g * tf.cast(scale, g.dtype) for g in grads], total
 
 
@@ -134,3 +141,33 @@ def clip_function(clip, params):
         TypeError: ``clip`` is none of these.
     """
     return resolve_clip(clip, params, sys.modules[__name__])
+
+
+def clipping_optimizer(optimizer, clip):
+    """A copy of the Keras ``optimizer`` that clips every gradient with ``clip`` first.
+
+    Use it to clip inside ``model.fit`` with any rule, e.g.
+    ``model.compile(optimizer=clipping_optimizer(keras.optimizers.SGD(0.1),
+    Clip("adaptive", 0.01)), ...)``. Keras' own options cover less: ``clipnorm`` clips
+    each variable *on its own* (like :func:`clip_by_norm`, which changes the direction of
+    the whole gradient), ``global_clipnorm`` is :func:`clip_by_global_norm` for the 2-norm
+    only, and nothing is adaptive. The copy is built from ``optimizer.get_config()`` (a
+    fresh state); it is meant for training, not for saving with the model.
+
+    Raises:
+        TypeError: ``clip`` is not a :class:`Clip` rule or a function ``grads -> grads``.
+    """
+    if clip is None:
+        raise TypeError("clip must be a Clip(...) rule or a function grads -> grads, not None")
+    clip_function(clip, [])  # validates now, before any training
+    base = type(optimizer)
+
+    class ClippingOptimizer(base):
+        def apply(self, grads, trainable_variables=None):
+            variables = (getattr(self, "_trainable_variables", None)
+                         if trainable_variables is None else list(trainable_variables))
+            clipped = clip_function(clip, variables)(list(grads))
+            return super().apply(clipped, trainable_variables)
+
+    ClippingOptimizer.__name__ = ClippingOptimizer.__qualname__ = f"Clipping{base.__name__}"
+    return ClippingOptimizer.from_config(optimizer.get_config())

@@ -10,7 +10,7 @@ from ..common import (GradientNormRecorder, check_positive, layer_norms_from,
                       norm_of_norms)
 from .models import parameter_names
 
-__all__ = ["global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
+__all__ = ["total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
 
 
 def _tensor_norm(g: tf.Tensor, norm_type: float) -> tf.Tensor:
@@ -27,6 +27,19 @@ def _tensor_norms(grads, norm_type: float) -> list:
         return []
     norms = tf.stack([tf.cast(_tensor_norm(g, norm_type), tf.float64) for g in tensors])
     return norms.numpy().tolist()
+
+
+def total_norm(grads, norm_type: float = 2.0) -> tf.Tensor:
+    """:func:`global_norm` as a 0-d float64 tensor; works inside ``tf.function`` too.
+
+    The per-tensor norms are combined in float64, so a global 2-norm of float32 gradients
+    near 1e30 does not overflow.
+    """
+    tensors = [tf.convert_to_tensor(g) for g in grads if g is not None]
+    if not tensors:
+        return tf.zeros([], tf.float64)
+    norms = tf.stack([tf.cast(_tensor_norm(g, norm_type), tf.float64) for g in tensors])
+    return _tensor_norm(norms, norm_type)
 
 
 def global_norm(grads, norm_type: float = 2.0) -> float:

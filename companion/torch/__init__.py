@@ -2,8 +2,9 @@
 
 from ..common import Clip, History, NonFiniteError, share_cpu_between_frameworks
 from .clipping import (adaptive_clip, clip_by_global_norm, clip_by_norm, clip_by_value,
-                       clip_function)
-from .diagnostics import GradientMonitor, global_norm, layer_norms, parameter_norms
+                       clip_function, clip_grads_)
+from .diagnostics import (GradientMonitor, global_norm, layer_norms, parameter_norms,
+                          total_norm)
 from .models import (RecurrentLayer, from_canonical, get_weights, mlp, parameter_names, rnn,
                      set_weights, to_canonical, trainable_parameters)
 from .pruning import apply_masks, magnitude_scores, masks_from_scores, prune
@@ -17,8 +18,8 @@ __all__ = [
     "loss_value", "gradients", "input_gradients", "evaluate", "train",
     "History", "NonFiniteError",
     "Clip", "clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
-    "clip_function",
-    "global_norm", "parameter_norms", "layer_norms", "GradientMonitor",
+    "clip_function", "clip_grads_",
+    "total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor",
     "magnitude_scores", "masks_from_scores", "apply_masks", "prune",
 ]
 

@@ -14,10 +14,11 @@ import torch
 
 from ..common import (check_clip_inputs, check_positive, nonfinite_norm_message,
                       resolve_clip)
-from .diagnostics import global_norm
+from .diagnostics import total_norm
+from .models import trainable_parameters
 
 __all__ = ["clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
-           "clip_function"]
+           "clip_function", "clip_grads_"]
 
 
 def clip_by_value(grads, clip_value: float) -> list:
@@ -60,14 +61,15 @@ def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
 
     ``T = ||(g_1, ..., g_n)||_p`` over all entries, then ``g_i <- g_i * c / max(T, c)``:
     one factor for every tensor, so the direction of the whole gradient is kept
-    (Pascanu et al. 2013). Returns ``(clipped, T)`` with ``T`` the norm *before* clipping.
+    (Pascanu et al. 2013). Returns ``(clipped, T)``, with ``T`` (a 0-d float64 tensor) the
+    norm *before* clipping, the number worth logging.
 
     Compared with the libraries: ``torch.nn.utils.clip_grad_norm_`` scales by
     ``c / (T + 1e-6)`` (clamped at 1), so it leaves a norm slightly *below* ``c``;
     ``tf.clip_by_global_norm`` scales by ``c / max(T, c)`` exactly as here.
 
     Non-finite ``T``: with ``error_if_nonfinite=True`` a ``FloatingPointError`` is raised
-    before anything is computed; otherwise every entry of the result is ``nan`` (as in
+    and nothing is returned; otherwise every entry of the result is ``nan`` (as in
     ``tf.clip_by_global_norm``), so a broken step cannot pass for a finite one.
 
     Raises:
@@ -78,11 +80,11 @@ def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
     c = check_positive("max_norm", max_norm)
     p = check_positive("norm_type", norm_type, allow_inf=True)
     grads = list(grads)
-    total = global_norm(grads, p)
-    if not math.isfinite(total) and error_if_nonfinite:
-        raise FloatingPointError(nonfinite_norm_message(total, p))
-    scale = c / max(total, c) if math.isfinite(total) else math.nan
-    return [None if g is None else g * scale for g in grads], total
+    total = total_norm(grads, p)
+    if error_if_nonfinite and not torch.isfinite(total):
+        raise FloatingPointError(nonfinite_norm_message(total.item(), p))
+    scale = _scale_to(total, c)
+    return [None if g is None else g * scale.to(g.dtype) for g in grads], total
 
 
 def _unit_norms(x: torch.Tensor) -> torch.Tensor:
@@ -133,3 +135,24 @@ def clip_function(clip, params):
         TypeError: ``clip`` is none of these.
     """
     return resolve_clip(clip, params, sys.modules[__name__])
+
+
+def clip_grads_(model, clip) -> None:
+    """Clip the ``.grad`` of ``model``'s parameters in place, for a plain PyTorch loop.
+
+    ``loss.backward(); clip_grads_(model, Clip("global_norm", 1.0)); optimizer.step()``,
+    with any :class:`Clip` rule or function ``grads -> grads`` (what
+    ``torch.nn.utils.clip_grad_norm_`` does for one rule). Parameters without a gradient
+    are left alone.
+
+    Raises:
+        TypeError: ``clip`` is not a :class:`Clip` rule or a function ``grads -> grads``.
+    """
+    if clip is None:
+        raise TypeError("clip must be a Clip(...) rule or a function grads -> grads, not None")
+    params = trainable_parameters(model)
+    clipped = clip_function(clip, params)([p.grad for p in params])
+    with torch.no_grad():
+        for param, grad in zip(params, clipped):
+            if grad is not None:
+                param.grad.copy_(grad)

@@ -8,7 +8,7 @@ from ..common import (GradientNormRecorder, check_positive, layer_norms_from,
                       norm_of_norms)
 from .models import parameter_names
 
-__all__ = ["global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
+__all__ = ["total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
 
 
 def _tensor_norms(grads, norm_type: float) -> list:
@@ -19,6 +19,20 @@ def _tensor_norms(grads, norm_type: float) -> list:
     norms = [torch.linalg.vector_norm(g.detach(), ord=norm_type).double() if g.numel()
              else g.new_zeros((), dtype=torch.float64) for g in tensors]
     return torch.stack(norms).cpu().tolist()
+
+
+def total_norm(grads, norm_type: float = 2.0) -> torch.Tensor:
+    """:func:`global_norm` as a 0-d float64 tensor on the gradients' device (no host sync).
+
+    The per-tensor norms are combined in float64, so a global 2-norm of float32 gradients
+    near 1e30 does not overflow.
+    """
+    tensors = [g.detach() for g in grads if g is not None]
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64)
+    norms = torch.stack([torch.linalg.vector_norm(g, ord=norm_type).double() if g.numel()
+                         else g.new_zeros((), dtype=torch.float64) for g in tensors])
+    return torch.linalg.vector_norm(norms, ord=norm_type)
 
 
 def global_norm(grads, norm_type: float = 2.0) -> float:
