@@ -353,8 +353,8 @@ def check_clip_inputs(grads, params):
                          f"and {len(params)}")
     for i, (g, w) in enumerate(zip(grads, params)):
         if g is not None and tuple(g.shape) != tuple(w.shape):
-            raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, its parameter "
-                             f"{tuple(w.shape)}")
+            raise ValueError(f"gradient {i} has shape {tuple(g.shape)}; it must have its "
+                             f"parameter's shape {tuple(w.shape)}")
     return grads, params
 
 
@@ -391,6 +391,10 @@ class Clip:
         check_positive("clip threshold", self.threshold)
         check_positive("norm_type", self.norm_type, allow_inf=True)
         check_positive("eps", self.eps)
+        if self.norm_type != 2.0 and self.rule != "global_norm":
+            raise ValueError(f"norm_type applies to the 'global_norm' rule only, not {self.rule!r}")
+        if self.eps != 1e-3 and self.rule != "adaptive":
+            raise ValueError(f"eps applies to the 'adaptive' rule only, not {self.rule!r}")
 
 
 def resolve_clip(clip, params, rules):
@@ -426,6 +430,7 @@ class DataParallelStep:
 
     Attributes:
         clip: ``"after_allreduce"``, ``"per_worker"`` or ``None`` (see ``data_parallel_step``).
+        max_norm: the clipping threshold ``c`` (``None`` when ``clip`` is ``None``).
         weights: canonical-layout arrays after the step ``w - lr * update`` (worker 0's copy;
             every worker holds the same after the all-reduce).
         global_norm: ``||g||_2``, the norm of the all-reduced gradient before any clipping:
@@ -435,24 +440,29 @@ class DataParallelStep:
     """
 
     clip: str | None
+    max_norm: float | None
     weights: list
     global_norm: float
     worker_norms: list
 
 
-def check_data_parallel_args(weights, sizes, x, y, lr, max_norm, workers, clips, loss):
+def check_data_parallel_args(weights, sizes, x, y, lr, max_norm, workers, clips, loss,
+                             one_max_norm: bool = False):
     """Validate the arguments of ``data_parallel_step`` before any process is started.
 
-    Returns ``(weights, sizes, x, y, lr, max_norm, workers, clips)`` normalised: float32
-    canonical weights, float32 ``x``, ``lr`` and ``max_norm`` as floats (``max_norm`` may be
-    ``None`` when no clipping mode needs it), ``clips`` as a tuple.
+    Returns ``(weights, sizes, x, y, lr, workers, jobs)``: float32 canonical weights and
+    ``x``, ``lr`` as a float, and ``jobs``, the ``(clip, max_norm)`` pairs to run: every
+    clipping mode in ``clips`` with every threshold in ``max_norm`` (a number or a
+    sequence of numbers; only a number if ``one_max_norm``), and ``(None, None)`` once if
+    ``None`` is in ``clips``.
 
     Raises:
         ValueError: an unknown clipping mode or loss, ``workers < 1``, a batch whose size is
             not a multiple of ``workers``, weights that do not fit ``sizes``, inputs whose
-            width is not ``sizes[0]``, ``lr`` or ``max_norm`` not a finite number > 0.
+            width is not ``sizes[0]``, labels outside ``[0, sizes[-1])`` (targets of the
+            wrong size for ``"mse"``), ``lr`` or a ``max_norm`` not a finite number > 0.
     """
-    clips = tuple(clips)
+    clips = tuple(dict.fromkeys(clips))
     if not clips:
         raise ValueError("clips is empty; allowed modes: "
                          f"{', '.join(map(repr, DATA_PARALLEL_CLIPS))}")
@@ -464,6 +474,10 @@ def check_data_parallel_args(weights, sizes, x, y, lr, max_norm, workers, clips,
     x, y = check_data(x, y, loss)
     if x.ndim != 2 or x.shape[1] != sizes[0]:
         raise ValueError(f"x must have shape (n, {sizes[0]}), got {x.shape}")
+    if loss == "cross_entropy" and (y.min() < 0 or y.max() >= sizes[-1]):
+        raise ValueError(f"class labels must lie in [0, {sizes[-1]}), got {y.min()}..{y.max()}")
+    if loss == "mse" and y.size != len(y) * sizes[-1]:
+        raise ValueError(f"mse targets need {sizes[-1]} values per example, got shape {y.shape}")
     if len(x) % workers:
         raise ValueError(f"the batch of {len(x)} examples cannot be split into {workers} "
                          "equal shards; use a batch size that is a multiple of workers")
@@ -473,15 +487,47 @@ def check_data_parallel_args(weights, sizes, x, y, lr, max_norm, workers, clips,
         raise ValueError(f"weights must be canonical MLP arrays of shapes {shapes}, got "
                          f"{[w.shape for w in weights]}")
     lr = check_positive("lr", lr)
+    modes = [clip for clip in clips if clip is not None]
     if max_norm is None:
-        if any(clip is not None for clip in clips):
-            raise ValueError("max_norm is needed by the clipping modes "
-                             f"{[c for c in clips if c is not None]}")
+        if modes:
+            raise ValueError(f"max_norm is needed by the clipping modes {modes}")
+        norms = ()
     else:
-        max_norm = check_positive("max_norm", max_norm)
+        many = isinstance(max_norm, (list, tuple, np.ndarray))
+        if many and one_max_norm:
+            raise ValueError("max_norm must be one number here; compare_data_parallel_clipping "
+                             "takes several")
+        norms = [check_positive("max_norm", c) for c in (max_norm if many else [max_norm])]
+        if modes and not norms:
+            raise ValueError("max_norm is an empty sequence")
+        norms = tuple(dict.fromkeys(norms))
+    jobs = [(clip, c) for clip in modes for c in norms]
+    if None in clips:
+        jobs.insert(clips.index(None) * len(norms), (None, None))
     if np.issubdtype(y.dtype, np.floating):
         y = y.astype(np.float32, copy=False)
-    return weights, sizes, x.astype(np.float32, copy=False), y, lr, max_norm, workers, clips
+    return weights, sizes, x.astype(np.float32, copy=False), y, lr, workers, jobs
+
+
+def save_data_parallel_steps(path: str, steps) -> None:
+    """Write :class:`DataParallelStep` objects to a ``.npz`` file (a worker's result)."""
+    arrays = {}
+    for j, step in enumerate(steps):
+        arrays.update({f"{j}.w{i}": w for i, w in enumerate(step.weights)})
+        arrays[f"{j}.global_norm"] = np.float64(step.global_norm)
+        arrays[f"{j}.worker_norms"] = np.asarray(step.worker_norms, np.float64)
+    np.savez(path, **arrays)
+
+
+def load_data_parallel_steps(path: str, jobs, count: int) -> dict:
+    """Read what :func:`save_data_parallel_steps` wrote: ``{(clip, max_norm): step}``."""
+    with np.load(path) as arrays:
+        return {(clip, c): DataParallelStep(
+            clip=clip, max_norm=c,
+            weights=[arrays[f"{j}.w{i}"] for i in range(count)],
+            global_norm=float(arrays[f"{j}.global_norm"]),
+            worker_norms=arrays[f"{j}.worker_norms"].tolist())
+            for j, (clip, c) in enumerate(jobs)}
 
 
 def run_worker_processes(module: str, count: int, folder: str, timeout: float,
@@ -505,12 +551,14 @@ def run_worker_processes(module: str, count: int, folder: str, timeout: float,
     import time
     from pathlib import Path
 
+    timeout = check_positive("timeout", timeout)
     root = str(Path(__file__).resolve().parent.parent)  # so workers import this companion
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    code = f"import sys; from {module} import _worker_main; _worker_main(int(sys.argv[1]), sys.argv[2])"
+    code = (f"import sys; from {module} import _worker_main; "
+            "_worker_main(int(sys.argv[1]), sys.argv[2])")
     processes = []
     try:
         for rank in range(count):
@@ -519,20 +567,18 @@ def run_worker_processes(module: str, count: int, folder: str, timeout: float,
                     [sys.executable, "-c", code, str(rank), folder], stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder))
         deadline = time.monotonic() + timeout
-        while any(p.poll() is None for p in processes):
-            failed = [k for k, p in enumerate(processes) if p.poll() not in (None, 0)]
-            if failed:
+        while True:
+            codes = [p.poll() for p in processes]
+            failed = [k for k, code in enumerate(codes) if code not in (None, 0)]
+            if failed:  # the others would wait for it until their own timeout
                 raise RuntimeError(f"{what} {failed[0]} failed with exit code "
-                                   f"{processes[failed[0]].returncode}"
-                                   f"{_worker_logs(folder, count)}")
+                                   f"{codes[failed[0]]}{_worker_logs(folder, count)}")
+            if all(code == 0 for code in codes):
+                return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the {count} {what}s did not finish within {timeout} s"
+                raise TimeoutError(f"not every {what} finished within {timeout} s"
                                    f"{_worker_logs(folder, count)}")
             time.sleep(0.02)
-        failed = [k for k, p in enumerate(processes) if p.returncode != 0]
-        if failed:
-            raise RuntimeError(f"{what} {failed[0]} failed with exit code "
-                               f"{processes[failed[0]].returncode}{_worker_logs(folder, count)}")
     finally:
         for process in processes:
             if process.poll() is None:

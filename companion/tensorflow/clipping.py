@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from ..common import (check_clip_inputs, check_positive, nonfinite_norm_message,
                       resolve_clip)
-from .diagnostics import total_norm
+from .diagnostics import _norm64, total_norm
 
 __all__ = ["clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
            "clip_function", "clipping_optimizer"]
@@ -35,7 +35,9 @@ def clip_by_value(grads, clip_value: float) -> list:
 
 def _scale_to(norm: tf.Tensor, max_norm: float) -> tf.Tensor:
     """``c / max(norm, c)``, and ``nan`` where ``norm`` is not finite."""
-    scale = max_norm / tf.maximum(norm, tf.cast(max_norm, norm.dtype))
+    # tf.constant, not tf.cast: tf.cast(c, float64) first rounds the Python float to float32,
+    # so that for T <= c the factor c / fl32(c) would differ from 1 by up to 6e-8.
+    scale = max_norm / tf.maximum(norm, tf.constant(max_norm, norm.dtype))
     return tf.where(tf.math.is_finite(norm), scale, tf.cast(math.nan, norm.dtype))
 
 
@@ -50,7 +52,7 @@ def clip_by_norm(grads, max_norm: float) -> list:
         ValueError: ``max_norm`` is not a finite number > 0.
     """
     c = check_positive("max_norm", max_norm)
-    return [None if g is None else g * tf.cast(_scale_to(tf.norm(g), c), g.dtype)
+    return [None if g is None else g * tf.cast(_scale_to(_norm64(g, 2.0), c), g.dtype)
             for g in grads]
 
 
@@ -99,7 +101,8 @@ def _unit_norms(x: tf.Tensor) -> tf.Tensor:
     """
     rank = len(x.shape)
     if rank < 2:
-        return tf.reshape(tf.norm(x), [1] * rank)
+        return tf.reshape(_norm64(x, 2.0), [1] * rank)
+    x = tf.cast(x, tf.float64)
     return tf.sqrt(tf.reduce_sum(tf.square(x), axis=list(range(rank - 1)), keepdims=True))
 
 
@@ -110,7 +113,8 @@ def adaptive_clip(grads, params, clipping: float = 0.01, eps: float = 1e-3) -> l
     ``(k..., in, out)``, i.e. its fan-in; a whole bias vector), with ``G_i`` its gradient:
     ``G_i <- lambda * max(||W_i||, eps) / ||G_i|| * G_i`` if
     ``||G_i|| > lambda * max(||W_i||, eps)``, else unchanged. The bound is relative to the
-    weights' own size, so small and large layers are clipped alike.
+    weights' own size, so small and large layers are clipped alike. Norms are computed in
+    float64. A unit whose gradient is not finite stays not finite.
 
     Raises:
         ValueError: ``clipping`` or ``eps`` not a finite number > 0, or ``grads`` and
@@ -124,10 +128,13 @@ def adaptive_clip(grads, params, clipping: float = 0.01, eps: float = 1e-3) -> l
         if g is None:
             clipped.append(None)
             continue
-        max_norm = lam * tf.maximum(_unit_norms(tf.convert_to_tensor(w)), eps)
+        max_norm = lam * tf.maximum(_unit_norms(tf.convert_to_tensor(w)),
+                                    tf.constant(eps, tf.float64))
         g_norm = _unit_norms(g)
-        scaled = g * (max_norm / tf.maximum(g_norm, 1e-6))
-        clipped.append(tf.where(g_norm > max_norm, scaled, g))
+        # Divide by max(||G_i||, bound), not by a fixed floor such as optax's 1e-6: where
+        # the bound is below that floor, the floor would scale a unit to less than the bound.
+        scale = tf.cast(max_norm / tf.maximum(g_norm, max_norm), g.dtype)
+        clipped.append(tf.where(g_norm > max_norm, g * scale, g))
     return clipped
 
 

@@ -20,26 +20,28 @@ def _tensor_norm(g: tf.Tensor, norm_type: float) -> tf.Tensor:
     return tf.reduce_sum(g ** norm_type) ** (1.0 / norm_type)
 
 
+def _norm64(g, norm_type: float) -> tf.Tensor:
+    """``||g||_p`` computed in float64, so float32 entries near 1e30 or 1e-30 do not
+    overflow or underflow on the way."""
+    return _tensor_norm(tf.cast(tf.convert_to_tensor(g), tf.float64), norm_type)
+
+
 def _tensor_norms(grads, norm_type: float) -> list:
     """The p-norm of each non-``None`` tensor, as Python floats (one device sync)."""
-    tensors = [tf.convert_to_tensor(g) for g in grads if g is not None]
-    if not tensors:
-        return []
-    norms = tf.stack([tf.cast(_tensor_norm(g, norm_type), tf.float64) for g in tensors])
-    return norms.numpy().tolist()
+    norms = [_norm64(g, norm_type) for g in grads if g is not None]
+    return tf.stack(norms).numpy().tolist() if norms else []
 
 
 def total_norm(grads, norm_type: float = 2.0) -> tf.Tensor:
     """:func:`global_norm` as a 0-d float64 tensor; works inside ``tf.function`` too.
 
-    The per-tensor norms are combined in float64, so a global 2-norm of float32 gradients
-    near 1e30 does not overflow.
+    Computed in float64 throughout, so float32 gradients with entries near 1e30 (or 1e-30)
+    neither overflow nor underflow.
     """
-    tensors = [tf.convert_to_tensor(g) for g in grads if g is not None]
-    if not tensors:
+    norms = [_norm64(g, norm_type) for g in grads if g is not None]
+    if not norms:
         return tf.zeros([], tf.float64)
-    norms = tf.stack([tf.cast(_tensor_norm(g, norm_type), tf.float64) for g in tensors])
-    return _tensor_norm(norms, norm_type)
+    return _tensor_norm(tf.stack(norms), norm_type)
 
 
 def global_norm(grads, norm_type: float = 2.0) -> float:

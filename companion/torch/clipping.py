@@ -14,7 +14,7 @@ import torch
 
 from ..common import (check_clip_inputs, check_positive, nonfinite_norm_message,
                       resolve_clip)
-from .diagnostics import total_norm
+from .diagnostics import _norm64, total_norm
 from .models import trainable_parameters
 
 __all__ = ["clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
@@ -51,7 +51,7 @@ def clip_by_norm(grads, max_norm: float) -> list:
         ValueError: ``max_norm`` is not a finite number > 0.
     """
     c = check_positive("max_norm", max_norm)
-    return [None if g is None else g * _scale_to(torch.linalg.vector_norm(g), c)
+    return [None if g is None else g * _scale_to(_norm64(g, 2.0), c).to(g.dtype)
             for g in grads]
 
 
@@ -93,8 +93,9 @@ def _unit_norms(x: torch.Tensor) -> torch.Tensor:
     Vectors (biases) and scalars get one norm for the whole tensor.
     """
     if x.dim() < 2:
-        return torch.linalg.vector_norm(x).reshape([1] * x.dim())
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True)
+        return _norm64(x, 2.0).reshape([1] * x.dim())
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True,
+                                    dtype=torch.float64)
 
 
 def adaptive_clip(grads, params, clipping: float = 0.01, eps: float = 1e-3) -> list:
@@ -104,7 +105,8 @@ def adaptive_clip(grads, params, clipping: float = 0.01, eps: float = 1e-3) -> l
     ``(out, in, k...)``, i.e. its fan-in; a whole bias vector), with ``G_i`` its gradient:
     ``G_i <- lambda * max(||W_i||, eps) / ||G_i|| * G_i`` if
     ``||G_i|| > lambda * max(||W_i||, eps)``, else unchanged. The bound is relative to the
-    weights' own size, so small and large layers are clipped alike.
+    weights' own size, so small and large layers are clipped alike. Norms are computed in
+    float64. A unit whose gradient is not finite stays not finite.
 
     Raises:
         ValueError: ``clipping`` or ``eps`` not a finite number > 0, or ``grads`` and
@@ -120,8 +122,10 @@ def adaptive_clip(grads, params, clipping: float = 0.01, eps: float = 1e-3) -> l
             continue
         max_norm = lam * torch.clamp(_unit_norms(w.detach()), min=eps)
         g_norm = _unit_norms(g)
-        scaled = g * (max_norm / torch.clamp(g_norm, min=1e-6))
-        clipped.append(torch.where(g_norm > max_norm, scaled, g))
+        # Divide by max(||G_i||, bound), not by a fixed floor such as optax's 1e-6: where
+        # the bound is below that floor, the floor would scale a unit to less than the bound.
+        scale = (max_norm / torch.maximum(g_norm, max_norm)).to(g.dtype)
+        clipped.append(torch.where(g_norm > max_norm, g * scale, g))
     return clipped
 
 

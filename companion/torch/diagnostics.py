@@ -11,28 +11,30 @@ from .models import parameter_names
 __all__ = ["total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
 
 
+def _norm64(g: torch.Tensor, norm_type: float) -> torch.Tensor:
+    """``||g||_p`` computed in float64, so float32 entries near 1e30 or 1e-30 do not
+    overflow or underflow on the way; 0 for an empty tensor."""
+    if not g.numel():
+        return g.new_zeros((), dtype=torch.float64)
+    return torch.linalg.vector_norm(g.detach(), ord=norm_type, dtype=torch.float64)
+
+
 def _tensor_norms(grads, norm_type: float) -> list:
     """The p-norm of each non-``None`` tensor, as Python floats (one device sync)."""
-    tensors = [g for g in grads if g is not None]
-    if not tensors:
-        return []
-    norms = [torch.linalg.vector_norm(g.detach(), ord=norm_type).double() if g.numel()
-             else g.new_zeros((), dtype=torch.float64) for g in tensors]
-    return torch.stack(norms).cpu().tolist()
+    norms = [_norm64(g, norm_type) for g in grads if g is not None]
+    return torch.stack(norms).cpu().tolist() if norms else []
 
 
 def total_norm(grads, norm_type: float = 2.0) -> torch.Tensor:
     """:func:`global_norm` as a 0-d float64 tensor on the gradients' device (no host sync).
 
-    The per-tensor norms are combined in float64, so a global 2-norm of float32 gradients
-    near 1e30 does not overflow.
+    Computed in float64 throughout, so float32 gradients with entries near 1e30 (or 1e-30)
+    neither overflow nor underflow.
     """
-    tensors = [g.detach() for g in grads if g is not None]
-    if not tensors:
+    norms = [_norm64(g, norm_type) for g in grads if g is not None]
+    if not norms:
         return torch.zeros((), dtype=torch.float64)
-    norms = torch.stack([torch.linalg.vector_norm(g, ord=norm_type).double() if g.numel()
-                         else g.new_zeros((), dtype=torch.float64) for g in tensors])
-    return torch.linalg.vector_norm(norms, ord=norm_type)
+    return torch.linalg.vector_norm(torch.stack(norms), ord=norm_type)
 
 
 def global_norm(grads, norm_type: float = 2.0) -> float:
