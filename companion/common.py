@@ -540,11 +540,11 @@ def run_worker_processes(module: str, count: int, folder: str, timeout: float,
     process whose TensorFlow or PyTorch thread pools are already running. Inputs and results
     travel as files in ``folder``; worker ``k``'s stdout and stderr go to
     ``folder/worker{k}.log``, so the caller's output stays clean, and an error quotes them.
+    Whatever happens, no worker is left running.
 
     Raises:
         RuntimeError: a worker exited with an error (the others are stopped at once).
         TimeoutError: the workers did not all finish within ``timeout`` seconds.
-        In every case no worker is left running.
     """
     import os
     import subprocess

@@ -5,6 +5,9 @@ from .clipping import (adaptive_clip, clip_by_global_norm, clip_by_norm, clip_by
                        clip_function, clipping_optimizer)
 from .diagnostics import (GradientMonitor, global_norm, layer_norms, parameter_norms,
                           total_norm)
+from .distributed import (DATA_PARALLEL_CLIPS, DataParallelStep,
+                          compare_data_parallel_clipping, data_parallel_step,
+                          single_process_step)
 from .models import (from_canonical, get_weights, mlp, parameter_names, rnn, set_weights,
                      to_canonical, trainable_parameters)
 from .pruning import apply_masks, magnitude_scores, masks_from_scores, prune
@@ -21,6 +24,8 @@ __all__ = [
     "clip_function", "clipping_optimizer",
     "total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor",
     "magnitude_scores", "masks_from_scores", "apply_masks", "prune",
+    "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
+    "DataParallelStep", "DATA_PARALLEL_CLIPS",
 ]
 
 share_cpu_between_frameworks()

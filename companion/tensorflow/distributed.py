@@ -1,0 +1,222 @@
+"""Global-norm clipping under data parallelism, TensorFlow back end: ``MirroredStrategy``.
+
+``K`` replicas each hold a copy of the model and the ``k``-th of ``K`` equal shards ``B_k``
+of the batch ``B``. Replica ``k`` computes the gradient of the mean loss on its shard,
+``g_k = (1/|B_k|) sum_{i in B_k} grad l_i``; the all-reduce (``MEAN``) leaves on every replica
+
+    ``g = (1/K) sum_k g_k = (1/|B|) sum_{i in B} grad l_i``,
+
+the gradient of the whole batch, because the shards have equal size. Where clipping happens
+decides whether data parallelism still computes the single-process update:
+
+* ``clip="after_allreduce"``: ``g <- g * c / max(||g||, c)``. ``||g||`` is the whole
+  batch's norm, the same on every replica, so each replica takes the step that one process
+  would take on all of ``B``.
+* ``clip="per_worker"``: each replica clips its own gradient first,
+  ``s_k = c / max(||g_k||, c)``, and the clipped gradients are averaged:
+  ``update = (1/K) sum_k s_k g_k``. Unless every ``s_k`` is 1 (no replica clips, and then
+  nothing changes) or all ``s_k`` are equal, this is in general not a multiple of ``g``:
+  shards with large gradients are down-weighted against the others, and the update
+  depends on how the batch was split (on ``K``). Its norm is still ``<= c`` (an average of
+  vectors of norm ``<= c``), so nothing *looks* wrong. Even when ``||g|| <= c``, so that one
+  process would not clip at all, a replica with ``||g_k|| > c`` changes the step.
+* ``clip=None``: plain SGD on ``g``.
+
+The step is SGD, ``w <- w - lr * update``. The replicas are ``K`` logical CPU devices of one
+process. Why that process is a fresh one, started for the call: TensorFlow fixes its logical
+devices when its runtime initialises (at the first op), and
+``tf.config.set_logical_device_configuration`` raises afterwards. A notebook kernel or a test
+process that has run any TensorFlow op can no longer split its CPU, so the strategy runs in
+a new Python process that configures the devices before anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from ..common import (DATA_PARALLEL_CLIPS, DataParallelStep, check_data_parallel_args,
+                      check_positive, load_data_parallel_steps, run_worker_processes,
+                      save_data_parallel_steps)
+from .clipping import clip_by_global_norm
+from .diagnostics import global_norm, total_norm
+from .models import get_weights, mlp, set_weights, to_canonical
+from .training import _mean_loss, gradients
+
+__all__ = ["data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
+           "DataParallelStep", "DATA_PARALLEL_CLIPS"]
+
+
+def data_parallel_step(weights, sizes, x, y, *, lr: float, max_norm: float | None = None,
+                       clip: str | None = "after_allreduce", workers: int = 2,
+                       loss: str = "cross_entropy", activation: str = "relu",
+                       timeout: float = 120.0) -> DataParallelStep:
+    """One SGD step of ``mlp(sizes)`` from ``weights`` on ``(x, y)``, split over ``workers``.
+
+    A ``tf.distribute.MirroredStrategy`` over ``workers`` logical CPU devices (in a fresh
+    process, see the module docstring). Replica ``k`` gets rows ``k*n/K .. (k+1)*n/K - 1``
+    of ``x`` and ``y`` and computes ``g_k``, the gradient of its shard's mean loss; the
+    replica context's ``all_reduce(MEAN)`` gives ``g = (1/K) sum_k g_k``; then
+
+    * ``"after_allreduce"``: ``update = g * c / max(||g||_2, c)``, the same as one process
+      clipping the whole batch's gradient;
+    * ``"per_worker"``: ``update = (1/K) sum_k g_k * c / max(||g_k||_2, c)``: each replica
+      clips its own gradient, then the clipped gradients are all-reduced;
+    * ``None``: ``update = g``;
+
+    and every replica applies ``w <- w - lr * update`` to its copy of the weights.
+    Clipping is :func:`~companion.tensorflow.clip_by_global_norm`, inside the replicas'
+    ``tf.function``.
+
+    Args:
+        weights: canonical arrays ``[W0 (out, in), b0, W1, b1, ...]`` of ``mlp(sizes)``.
+        sizes: the MLP's layer widths, e.g. ``[8, 16, 4]``.
+        x, y: the batch; its size must be a multiple of ``workers``.
+        lr: the SGD learning rate.
+        max_norm: the clipping threshold ``c``; needed unless ``clip`` is ``None``.
+        clip: ``"after_allreduce"``, ``"per_worker"`` or ``None``.
+        workers: the number of replicas ``K`` (logical CPU devices).
+        loss, activation: as in :func:`~companion.tensorflow.train` and :func:`mlp`.
+        timeout: seconds to wait for the process before stopping it.
+
+    Returns:
+        A :class:`~companion.common.DataParallelStep`: the new weights, ``||g||`` and every
+        ``||g_k||`` (both before clipping).
+
+    Raises:
+        ValueError: bad arguments (unknown ``clip``, ``workers < 1``, a batch not divisible
+            by ``workers``, ...), before any process is started.
+        RuntimeError: the process failed (the message holds its output); ``TimeoutError`` if
+            it did not finish within ``timeout`` seconds. No process is left running.
+    """
+    check_data_parallel_args(weights, sizes, x, y, lr, max_norm, workers, (clip,), loss,
+                             one_max_norm=True)
+    steps = compare_data_parallel_clipping(weights, sizes, x, y, lr=lr, max_norm=max_norm,
+                                           clips=(clip,), workers=workers, loss=loss,
+                                           activation=activation, timeout=timeout)
+    return next(iter(steps.values()))
+
+
+def compare_data_parallel_clipping(weights, sizes, x, y, *, lr: float, max_norm=None,
+                                   clips=DATA_PARALLEL_CLIPS, workers: int = 2,
+                                   loss: str = "cross_entropy", activation: str = "relu",
+                                   timeout: float = 120.0) -> dict:
+    """:func:`data_parallel_step` for several clipping modes and thresholds at once.
+
+    Every mode in ``clips`` runs from the same ``weights`` with every threshold in
+    ``max_norm`` (one number or a sequence), in one process, so the start-up cost is paid
+    once. Returns ``{(clip, max_norm): DataParallelStep}``, with the key ``(None, None)``
+    for ``clip=None``, e.g. ``steps["per_worker", 1.0]``. Arguments and errors as in
+    :func:`data_parallel_step`.
+    """
+    weights, sizes, x, y, lr, workers, jobs = check_data_parallel_args(
+        weights, sizes, x, y, lr, max_norm, workers, clips, loss)
+    timeout = check_positive("timeout", timeout)
+    shard = len(x) // workers
+    shards = [(x[k * shard:(k + 1) * shard], y[k * shard:(k + 1) * shard])
+              for k in range(workers)]
+    with tempfile.TemporaryDirectory(prefix="companion-mirrored-") as folder:
+        inputs = dict(workers=workers, weights=weights, sizes=sizes, activation=activation,
+                      loss=loss, shards=shards, lr=lr, jobs=jobs)
+        with open(os.path.join(folder, "inputs.pkl"), "wb") as f:
+            pickle.dump(inputs, f)
+        run_worker_processes(__name__, 1, folder, timeout, what="MirroredStrategy process")
+        return load_data_parallel_steps(os.path.join(folder, "result.npz"), jobs,
+                                        len(weights))
+
+
+def single_process_step(weights, sizes, x, y, *, lr: float, max_norm: float | None = None,
+                        loss: str = "cross_entropy",
+                        activation: str = "relu") -> DataParallelStep:
+    """The reference: one process, the whole batch, ``w <- w - lr * clip(g)``.
+
+    ``g`` is the gradient of the mean loss on all of ``(x, y)``; with ``max_norm`` it is
+    clipped by :func:`~companion.tensorflow.clip_by_global_norm`, ``g * c / max(||g||, c)``.
+    The step is taken in NumPy. Runs in the calling process (nothing is started).
+    Returns a :class:`~companion.common.DataParallelStep` with ``worker_norms = [||g||]``.
+    """
+    clip = None if max_norm is None else "after_allreduce"
+    weights, sizes, x, y, lr, _, jobs = check_data_parallel_args(
+        weights, sizes, x, y, lr, max_norm, 1, (clip,), loss, one_max_norm=True)
+    (clip, max_norm), = jobs
+    model = mlp(sizes, activation=activation, seed=0)
+    set_weights(model, weights)
+    grads = gradients(model, x, y, loss)
+    norm = global_norm(grads)
+    if clip is not None:
+        grads, _ = clip_by_global_norm(grads, max_norm)
+    new = [w - np.float32(lr) * g for w, g in zip(weights, to_canonical(model, grads))]
+    return DataParallelStep(clip=clip, max_norm=max_norm, weights=new, global_norm=norm,
+                            worker_norms=[norm])
+
+
+def _worker_main(rank: int, folder: str) -> None:
+    """Body of the fresh process: split the CPU, run every job, save the results."""
+    with open(os.path.join(folder, "inputs.pkl"), "rb") as f:
+        inputs = pickle.load(f)
+    workers = inputs["workers"]
+    # Must come before TensorFlow's first op: the runtime fixes its devices then.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * workers)
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:workers]
+    # ReductionToOneDevice: the all-reduce for CPU devices (NCCL is for GPUs only).
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    shards = inputs["shards"]
+    x = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(shards[context.replica_id_in_sync_group][0]))
+    y = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(shards[context.replica_id_in_sync_group][1]))
+    with strategy.scope():  # variables become MirroredVariables, one copy per replica
+        model = mlp(inputs["sizes"], activation=inputs["activation"], seed=0)
+    steps = []
+    for clip, max_norm in inputs["jobs"]:
+        set_weights(model, inputs["weights"])  # each job starts from the given weights
+        step = _mirrored_sgd_step(strategy, model, inputs["loss"], inputs["lr"], clip,
+                                  max_norm)
+        worker_norms, norm = step(x, y)
+        steps.append(DataParallelStep(
+            clip, max_norm, get_weights(model),
+            float(strategy.experimental_local_results(norm)[0]),
+            [float(n) for n in strategy.experimental_local_results(worker_norms)]))
+    save_data_parallel_steps(os.path.join(folder, "result.npz"), steps)
+
+
+def _mirrored_sgd_step(strategy, model, loss: str, lr: float, clip, max_norm):
+    """A ``tf.function`` ``(x, y) -> (||g_k|| per replica, ||g||)`` taking one SGD step."""
+    variables = model.trainable_variables
+    mean = tf.distribute.ReduceOp.MEAN
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            value = _mean_loss(model(x, training=True), y, loss)
+        local = tape.gradient(value, variables)  # g_k, this replica's own gradient
+        context = tf.distribute.get_replica_context()
+        # g = (1/K) sum_k g_k, on every replica (with per-worker clipping only for ||g||)
+        averaged = context.all_reduce(mean, local)
+        if clip == "per_worker":
+            clipped, _ = clip_by_global_norm(local, max_norm)  # s_k g_k
+            update = context.all_reduce(mean, clipped)  # (1/K) sum_k s_k g_k
+        elif clip == "after_allreduce":
+            update, _ = clip_by_global_norm(averaged, max_norm)  # ||g|| same everywhere
+        else:
+            update = averaged
+        return update, total_norm(local), total_norm(averaged)
+
+    def sgd(variable, delta):
+        return variable.assign_sub(lr * delta)
+
+    @tf.function
+    def step(x, y):
+        update, local_norm, norm = strategy.run(replica_step, args=(x, y))
+        for variable, delta in zip(variables, update):
+            # Each replica applies its own (identical) update to its own copy.
+            strategy.extended.update(variable.value, sgd, args=(delta,))
+        return local_norm, norm
+
+    return step
