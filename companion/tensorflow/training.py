@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..common import (LOSSES, OPTIMIZERS, History, NonFiniteError, check_choice, check_data,
                       check_positive, check_positive_int, minibatches, nonfinite_message)
 from .clipping import clip_function
+from .diagnostics import total_norm
 from .models import trainable_parameters
 from .runtime import as_tensor
 
@@ -43,7 +44,10 @@ def loss_value(model, x, y, loss: str = "cross_entropy") -> tf.Tensor:
 
 
 def _compiled_gradients(model, loss: str):
-    """A ``tf.function`` ``(x, y) -> (loss, output, grads, ||grads||_2)``, made once per model."""
+    """A ``tf.function`` ``(x, y) -> (loss, output, grads, ||grads||_2)``, made once per model.
+
+    The norm is :func:`total_norm` (float64), as ``global_norm`` in the PyTorch loop.
+    """
     per_model = _COMPILED.setdefault(model, {})
     if loss not in per_model:
         @tf.function(reduce_retracing=True)
@@ -52,7 +56,7 @@ def _compiled_gradients(model, loss: str):
                 output = model(x, training=True)
                 value = _mean_loss(output, y, loss)
             grads = tape.gradient(value, trainable_parameters(model))
-            return value, output, grads, tf.linalg.global_norm(grads)
+            return value, output, grads, total_norm(grads)
 
         per_model[loss] = loss_output_gradients
     return per_model[loss]
