@@ -123,6 +123,35 @@ def check_data(x, y, loss: str):
     return x, y
 
 
+def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, monitor):
+    """Validate ``train``'s arguments (both back ends); return ``x, y`` as arrays."""
+    check_positive_int("epochs", epochs)
+    check_positive("lr", lr)
+    check_positive_int("batch_size", batch_size)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if momentum and optimizer != "sgd":
+        raise ValueError("momentum applies to optimizer='sgd' only")
+    check_choice("loss", loss, LOSSES)
+    if monitor is not None and not hasattr(monitor, "record"):
+        raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
+    return check_data(x, y, loss)
+
+
+def check_matching_shapes(names, params, tensors, what: str) -> list:
+    """Check that ``tensors`` has one entry per parameter, each ``None`` or of its shape."""
+    tensors = list(tensors)
+    if len(tensors) != len(params):
+        raise ValueError(f"expected one {what} entry per trainable parameter "
+                         f"({len(params)}), got {len(tensors)}")
+    for name, param, tensor in zip(names, params, tensors):
+        if tensor is not None and tuple(tensor.shape) != tuple(param.shape):
+            raise ValueError(f"{what} for {name} has shape {tuple(tensor.shape)}, "
+                             f"the parameter has {tuple(param.shape)}")
+    return tensors
+
+
 def resolve_seed(seed) -> int:
     """``seed`` if given, else a seed drawn from NumPy's global generator.
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_choice, check_sparsity, lowest_score_masks, SCOPES
+from ..common import (SCOPES, check_choice, check_matching_shapes, check_sparsity,
+                      lowest_score_masks)
 from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
 
 __all__ = ["magnitude_scores", "masks_from_scores", "apply_masks", "prune"]
@@ -20,16 +21,8 @@ def magnitude_scores(model) -> list:
 
 
 def _check_shapes(model, tensors, what: str) -> list:
-    tensors = list(tensors)
-    params = trainable_parameters(model)
-    if len(tensors) != len(params):
-        raise ValueError(f"expected one {what} entry per trainable parameter "
-                         f"({len(params)}), got {len(tensors)}")
-    for name, param, tensor in zip(parameter_names(model), params, tensors):
-        if tensor is not None and tuple(tensor.shape) != tuple(param.shape):
-            raise ValueError(f"{what} for {name} has shape {tuple(tensor.shape)}, "
-                             f"the parameter has {tuple(param.shape)}")
-    return tensors
+    return check_matching_shapes(parameter_names(model), trainable_parameters(model),
+                                 tensors, what)
 
 
 def masks_from_scores(model, scores, sparsity: float, scope: str = "global",

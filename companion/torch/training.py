@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..common import (LOSSES, OPTIMIZERS, History, NonFiniteError, check_choice, check_data,
-                      check_positive, check_positive_int, minibatches, nonfinite_message)
+from ..common import (LOSSES, History, NonFiniteError, check_choice, check_data,
+                      check_positive_int, check_train_args, minibatches, nonfinite_message)
 from .clipping import clip_function
 from .diagnostics import global_norm
 from .models import trainable_parameters
@@ -90,22 +90,6 @@ def _optimizer(params, name: str, lr: float, momentum: float):
     return torch.optim.Adam(params, lr=lr)
 
 
-def _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                      monitor):
-    check_positive_int("epochs", epochs)
-    check_positive("lr", lr)
-    check_positive_int("batch_size", batch_size)
-    check_choice("optimizer", optimizer, OPTIMIZERS)
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if momentum and optimizer != "sgd":
-        raise ValueError("momentum applies to optimizer='sgd' only")
-    check_choice("loss", loss, LOSSES)
-    if monitor is not None and not hasattr(monitor, "record"):
-        raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
-    return check_data(x, y, loss)
-
-
 def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: str = "sgd",
           momentum: float = 0.0, loss: str = "cross_entropy", clip=None, monitor=None,
           progress: bool = True, seed: int = 0) -> History:
@@ -131,8 +115,8 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
         ValueError, TypeError: bad arguments (e.g. a ``clip`` that is none of the above),
             before anything is changed.
     """
-    x, y = _check_train_args(model, x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                             monitor)
+    x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
+                            monitor)
     params = trainable_parameters(model)
     clip = clip_function(clip, params)
     opt = _optimizer(params, optimizer, lr, momentum)
