@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ..common import (LOSSES, History, NonFiniteError, check_choice, check_data,
+from ..common import (LOSSES, Clip, History, NonFiniteError, check_choice, check_data,
                       check_positive_int, check_train_args, minibatches, nonfinite_message)
 from .clipping import clip_function
 from .diagnostics import total_norm
@@ -148,11 +148,15 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
                             monitor)
     variables = trainable_parameters(model)
-    clip = clip_function(clip, variables)
+    # A Clip rule is made of TensorFlow ops and runs inside the compiled update; a function
+    # of the user's may not be graph-safe, so it runs eagerly before it.
+    compiled_clip = clip_function(clip, variables) if isinstance(clip, Clip) else None
+    eager_clip = None if isinstance(clip, Clip) else clip_function(clip, variables)
     opt = _optimizer(optimizer, lr, momentum)
     step_gradients = _compiled_gradients(model, loss)
     # Keras' own fit() compiles the update too; eagerly it costs ~10x the gradient.
-    apply_update = tf.function(lambda grads: opt.apply_gradients(zip(grads, variables)))
+    apply_update = tf.function(lambda grads: opt.apply_gradients(
+        zip(grads if compiled_clip is None else compiled_clip(grads), variables)))
     history = History()
     total = epochs * math.ceil(len(x) / batch_size)
     with tqdm(total=total, desc="train", file=sys.stdout, disable=not progress) as bar:
@@ -171,8 +175,8 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
             if loss == "cross_entropy":
                 history.accuracy.append(float(np.mean(np.argmax(output.numpy(), axis=1)
                                                       == y[batch])))
-            if clip is not None:
-                grads = clip(grads)
+            if eager_clip is not None:
+                grads = eager_clip(grads)
             apply_update(grads)
             bar.update()
             bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)
