@@ -100,6 +100,10 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     ``||g||_2`` (and hands ``g`` to ``monitor``), applies ``clip`` if given, and takes an
     optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` or Adam.
 
+    Adam is each framework's own (``torch.optim.Adam``, ``keras.optimizers.Adam``); they
+    add epsilon at different places, so Adam runs agree across back ends only to about
+    1e-3, while SGD runs agree to float32 rounding.
+
     Args:
         clip: ``None``, a rule such as ``Clip("global_norm", 1.0)`` (see
             :class:`companion.common.Clip`), or any function ``grads -> grads``; applied
