@@ -53,6 +53,9 @@ def load_digits() -> Dataset:
 
     A fixed shuffle puts 1,437 images (80 %) in the training split and 360 in the test
     split; features are standardised with the training split's statistics.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
     """
     return Dataset(*(a.copy() for a in _digits_arrays()))
 
@@ -73,6 +76,9 @@ def load_mnist1d() -> Dataset:
     Generated offline with the paper's default arguments (seed 42): 4,000 training and
     1,000 test examples, standardised with the training split's statistics. The mnist1d
     README reports test accuracy of about 32 % (logistic), 68 % (MLP), 94 % (CNN).
+
+    Raises:
+        ImportError: the ``mnist1d`` package is not installed.
     """
     return Dataset(*(a.copy() for a in _mnist1d_arrays()))
 
@@ -86,6 +92,16 @@ def adding_problem(n_train: int = 2000, n_test: int = 500, seq_len: int = 50,
     sequence. The target is the sum of the two marked numbers, shape ``(1,)``. Always
     predicting 1 gives a mean squared error of 1/6; solving the task needs memory across
     the whole sequence.
+
+    Args:
+        n_train: the number of training sequences, an integer >= 1.
+        n_test: the number of test sequences, an integer >= 1.
+        seq_len: the sequence length ``T``, an integer >= 2.
+        seed: seed of the NumPy generator, an integer >= 0.
+
+    Raises:
+        ValueError: ``n_train`` or ``n_test`` not an integer >= 1, ``seq_len`` not an integer
+            >= 2, or a negative ``seed`` (from ``np.random.default_rng``).
     """
     n_train = check_positive_int("n_train", n_train)
     n_test = check_positive_int("n_test", n_test)

@@ -37,6 +37,11 @@ def total_norm(grads, norm_type: float = 2.0) -> tf.Tensor:
 
     Computed in float64 throughout, so float32 gradients with entries near 1e30 (or 1e-30)
     neither overflow nor underflow.
+
+    Args:
+        grads: gradients, each a tensor or ``None`` (skipped).
+        norm_type: the order ``p`` of the norm, a number > 0 or ``inf``; not checked here
+            (:func:`global_norm` checks it).
     """
     norms = [_norm64(g, norm_type) for g in grads if g is not None]
     if not norms:
@@ -51,6 +56,10 @@ def global_norm(grads, norm_type: float = 2.0) -> float:
     ``None`` entries are skipped; an empty list has norm 0. A non-finite entry gives a
     non-finite norm (``inf`` or ``nan``), never an exception: check the result.
 
+    Args:
+        grads: gradients, each a tensor or ``None`` (skipped).
+        norm_type: the order ``p`` of the norm, a number > 0 or ``inf``.
+
     Raises:
         ValueError: ``norm_type`` is not a number > 0 (``inf`` allowed).
     """
@@ -62,6 +71,11 @@ def parameter_norms(model, grads, norm_type: float = 2.0) -> dict:
     """Gradient norm of each parameter: ``{parameter name: ||g||_p}``, in the model's order.
 
     ``None`` gradients are skipped.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        grads: one gradient (or ``None``) per trainable variable, in order.
+        norm_type: the order ``p`` of the norm, a number > 0 or ``inf``.
 
     Raises:
         ValueError: ``grads`` is not aligned with the parameters, or a bad ``norm_type``.
@@ -81,6 +95,11 @@ def layer_norms(model, grads, norm_type: float = 2.0) -> dict:
 
     A layer's name is its parameters' name without the last part (``dense3.weight`` and
     ``dense3.bias`` make ``dense3``), in the model's order. ``None`` gradients are skipped.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        grads: one gradient (or ``None``) per trainable variable, in order.
+        norm_type: the order ``p`` of the norm, a number > 0 or ``inf``.
 
     Raises:
         ValueError: ``grads`` is not aligned with the parameters, or a bad ``norm_type``.

@@ -67,6 +67,14 @@ def rnn(input_size: int, hidden_size: int, output_size: int, nonlinearity: str =
     grow geometrically with the sequence length.
     Parameters: ``rnn.weight_ih, rnn.weight_hh, rnn.bias, readout.weight, readout.bias``.
 
+    Args:
+        input_size: features per time step ``I``, an integer >= 1.
+        hidden_size: width ``H`` of the hidden state, an integer >= 1.
+        output_size: width ``O`` of the read-out, an integer >= 1.
+        nonlinearity: ``phi``, ``"tanh"`` or ``"relu"``.
+        gain: spectral norm of the initial ``W_hh``, a finite number > 0.
+        seed: seed of the initial weights; ``None`` draws one from NumPy's global generator.
+
     Raises:
         ValueError: a size < 1, an unknown nonlinearity (``"tanh"`` or ``"relu"``), or a
             gain that is not a finite number > 0.
@@ -88,7 +96,11 @@ def rnn(input_size: int, hidden_size: int, output_size: int, nonlinearity: str =
 
 
 def trainable_parameters(model) -> list:
-    """The variables that gradients, scores and masks are aligned with, in order."""
+    """The variables that gradients, scores and masks are aligned with, in order.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+    """
     return list(model.trainable_variables)
 
 
@@ -97,6 +109,9 @@ def parameter_names(model) -> list:
 
     ``<layer>.<variable>`` with Keras' names mapped to PyTorch's: ``kernel`` becomes
     ``weight`` (``weight_ih`` in a recurrent layer) and ``recurrent_kernel`` ``weight_hh``.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
     """
     names = {}
     for layer in model.layers:
@@ -120,6 +135,14 @@ def to_canonical(model, tensors) -> list:
 
     Kernels are transposed to PyTorch's layout (``(in, out)`` becomes ``(out, in)``,
     ``(k, in, out)`` becomes ``(out, in, k)``); biases are unchanged. ``None`` stays ``None``.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        tensors: one tensor (or ``None``) per trainable variable, in order, in Keras' layout
+            (kernels ``(k..., in, out)``).
+
+    Raises:
+        ValueError: the number of tensors differs from the number of trainable variables.
     """
     tensors = list(tensors)
     variables = trainable_parameters(model)
@@ -136,7 +159,11 @@ def to_canonical(model, tensors) -> list:
 
 
 def get_weights(model) -> list:
-    """The model's trainable variables as NumPy arrays in canonical layout."""
+    """The model's trainable variables as NumPy arrays in canonical layout.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+    """
     return to_canonical(model, trainable_parameters(model))
 
 
@@ -145,6 +172,11 @@ def from_canonical(model, arrays) -> list:
 
     The inverse of :func:`to_canonical`: kernels are transposed back, values are cast to
     each variable's dtype. ``None`` stays ``None``.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        arrays: one array-like (or ``None``) per trainable variable, in order and in canonical
+            layout ``(out, in, ...)``.
 
     Raises:
         ValueError: the number of arrays or any shape differs from the canonical shapes of
@@ -172,9 +204,15 @@ def from_canonical(model, arrays) -> list:
 def set_weights(model, arrays) -> None:
     """Copy canonical-layout arrays into the model's trainable variables.
 
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        arrays: one array-like per trainable variable, in order and in canonical layout
+            ``(out, in, ...)``; none may be ``None``.
+
     Raises:
-        ValueError: the number of arrays or any shape differs from the canonical shapes of
-            the variables (see :func:`from_canonical`). The model is left unchanged.
+        ValueError: an entry of ``arrays`` is ``None``, or the number of arrays or any
+            shape differs from the canonical shapes of the variables (see
+            :func:`from_canonical`). The model is left unchanged.
     """
     arrays = list(arrays)
     if any(a is None for a in arrays):

@@ -16,7 +16,11 @@ __all__ = ["magnitude_scores", "masks_from_scores", "apply_masks", "prune"]
 
 
 def magnitude_scores(model) -> list:
-    """Magnitude saliency ``s_q = |w_q|`` of every parameter entry (Han et al. 2015)."""
+    """Magnitude saliency ``s_q = |w_q|`` of every parameter entry (Han et al. 2015).
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+    """
     return [tf.abs(v) for v in trainable_parameters(model)]
 
 
@@ -36,6 +40,14 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
     loses ``round(sparsity * n_i)`` of its own entries (as ``l1_unstructured``). Ties are
     broken by position in the canonical layout, so both back ends give the same masks.
 
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        scores: one score tensor (or ``None``) per trainable variable, in order, each of
+            its variable's shape; higher means keep.
+        sparsity: the fraction of eligible weights to prune, a number in ``[0, 1)``.
+        scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
+        prune_biases: also prune variables with fewer than two dimensions (biases).
+
     Raises:
         ValueError: sparsity outside [0, 1), an unknown scope, scores not aligned with the
             parameters or of the wrong shape, or non-finite scores. Nothing is changed.
@@ -51,6 +63,11 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
 
 def apply_masks(model, masks) -> None:
     """Zero the pruned entries in place: ``w <- w * m`` for every mask that is not ``None``.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        masks: one 0/1 tensor (or ``None``, left whole) per trainable variable, in order,
+            each of its variable's shape, e.g. from :func:`masks_from_scores`.
 
     Raises:
         ValueError: masks not aligned with the parameters or of the wrong shape; nothing
@@ -68,6 +85,17 @@ def prune(model, scores, sparsity: float, scope: str = "global",
 
     For example ``prune(model, magnitude_scores(model), 0.9)`` zeroes the 90 % of weights
     with the smallest magnitude, ranked across all layers.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        scores: one score tensor (or ``None``) per trainable variable, in order, each of
+            its variable's shape; higher means keep.
+        sparsity: the fraction of eligible weights to prune, a number in ``[0, 1)``.
+        scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
+        prune_biases: also prune variables with fewer than two dimensions (biases).
+
+    Raises:
+        ValueError: as in :func:`masks_from_scores`; nothing is changed.
     """
     masks = masks_from_scores(model, scores, sparsity, scope, prune_biases)
     apply_masks(model, masks)

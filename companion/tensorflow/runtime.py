@@ -25,6 +25,13 @@ def seed_everything(seed: int) -> None:
 
     Also turns on deterministic ops and turns off TF32 matrix multiplication, so a GPU
     gives float32 results, not 10-bit-mantissa ones.
+
+    Args:
+        seed: an integer in ``[0, 2**32 - 1]``, the range NumPy accepts.
+
+    Raises:
+        ValueError: ``seed`` is negative or above ``2**32 - 1`` (from ``np.random.seed``).
+        TypeError: ``seed`` is not an integer, e.g. ``1.5`` (from ``np.random.seed``).
     """
     random.seed(seed)
     np.random.seed(seed)
@@ -39,7 +46,12 @@ def device() -> str:
 
 
 def as_tensor(array, like) -> tf.Tensor:
-    """``array`` as a tensor; floats take ``like``'s dtype (TensorFlow places it itself)."""
+    """``array`` as a tensor; floats take ``like``'s dtype (TensorFlow places it itself).
+
+    Args:
+        array: anything ``np.asarray`` accepts: an array, a nested list, a scalar.
+        like: a tensor or variable whose floating dtype the result takes, e.g. a variable.
+    """
     array = np.asarray(array)
     if np.issubdtype(array.dtype, np.floating):
         return tf.convert_to_tensor(array, dtype=like.dtype)

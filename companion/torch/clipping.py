@@ -27,6 +27,10 @@ def clip_by_value(grads, clip_value: float) -> list:
     Changes the gradient's direction whenever some entries are clipped and others not.
     ``nan`` entries stay ``nan``.
 
+    Args:
+        grads: gradients aligned with the trainable parameters, each a tensor or ``None``.
+        clip_value: the bound ``c``, a finite number > 0.
+
     Raises:
         ValueError: ``clip_value`` is not a finite number > 0.
     """
@@ -46,6 +50,10 @@ def clip_by_norm(grads, max_norm: float) -> list:
     What Keras' ``clipnorm`` does. Each tensor keeps its direction, but tensors are scaled
     by different factors, so the direction of the whole gradient changes. A tensor whose
     norm is not finite becomes all ``nan``.
+
+    Args:
+        grads: gradients aligned with the trainable parameters, each a tensor or ``None``.
+        max_norm: the bound ``c`` on each tensor's 2-norm, a finite number > 0.
 
     Raises:
         ValueError: ``max_norm`` is not a finite number > 0.
@@ -71,6 +79,12 @@ def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
     Non-finite ``T``: with ``error_if_nonfinite=True`` a ``FloatingPointError`` is raised
     and nothing is returned; otherwise every entry of the result is ``nan`` (as in
     ``tf.clip_by_global_norm``), so a broken step cannot pass for a finite one.
+
+    Args:
+        grads: gradients aligned with the trainable parameters, each a tensor or ``None``.
+        max_norm: the bound ``c`` on the global norm, a finite number > 0.
+        norm_type: the order ``p`` of the norm, a number > 0 or ``inf``.
+        error_if_nonfinite: raise when ``T`` is not finite, instead of returning ``nan``.
 
     Raises:
         ValueError: ``max_norm`` not a finite number > 0, or ``norm_type`` not > 0 (inf
@@ -108,6 +122,13 @@ def adaptive_clip(grads, params, clipping: float = 0.01, eps: float = 1e-3) -> l
     weights' own size, so small and large layers are clipped alike. Norms are computed in
     float64. A unit whose gradient is not finite stays not finite.
 
+    Args:
+        grads: gradients aligned with ``params``, each a tensor of its parameter's shape or
+            ``None``.
+        params: the trainable parameters the gradients belong to, in order.
+        clipping: ``lambda``, the bound relative to the weights' norm, a finite number > 0.
+        eps: the floor ``eps`` on each unit's weight norm, a finite number > 0.
+
     Raises:
         ValueError: ``clipping`` or ``eps`` not a finite number > 0, or ``grads`` and
             ``params`` of different lengths or shapes.
@@ -135,6 +156,11 @@ def clip_function(clip, params):
     ``params`` are the parameters the gradients belong to (the ``"adaptive"`` rule needs
     them). Used by :func:`train`.
 
+    Args:
+        clip: ``None``, a :class:`~companion.common.Clip` rule, or a function
+            ``grads -> grads``.
+        params: the trainable parameters the gradients belong to, in order.
+
     Raises:
         TypeError: ``clip`` is none of these.
     """
@@ -148,6 +174,12 @@ def clip_grads_(model, clip) -> None:
     with any :class:`Clip` rule or function ``grads -> grads`` (what
     ``torch.nn.utils.clip_grad_norm_`` does for one rule). Parameters without a gradient
     are left alone.
+
+    Args:
+        model: a ``torch.nn.Module`` whose parameters' ``.grad`` hold the gradients (after
+            ``loss.backward()``).
+        clip: a :class:`~companion.common.Clip` rule or a function ``grads -> grads``; not
+            ``None``.
 
     Raises:
         TypeError: ``clip`` is not a :class:`Clip` rule or a function ``grads -> grads``.

@@ -115,6 +115,31 @@ def compare_data_parallel_clipping(weights, sizes, x, y, *, lr: float, max_norm=
     start-up cost is paid once. Returns ``{(clip, max_norm): DataParallelStep}``, with the
     key ``(None, None)`` for ``clip=None``, e.g. ``steps["per_worker", 1.0]``. Arguments and
     errors as in :func:`data_parallel_step`.
+
+    Args:
+        weights: canonical arrays ``[W0 (out, in), b0, W1, b1, ...]`` of ``mlp(sizes)``.
+        sizes: the MLP's layer widths, e.g. ``[8, 16, 4]``.
+        x, y: the batch; its size must be a multiple of ``workers``.
+        lr: the SGD learning rate, a finite number > 0.
+        max_norm: the clipping threshold ``c``, a finite number > 0, or a non-empty sequence
+            of them; needed unless ``clips`` holds only ``None``.
+        clips: the modes to run, a non-empty collection of ``"after_allreduce"``,
+            ``"per_worker"`` and ``None``.
+        workers: the number of processes ``K``, an integer >= 1.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"linear"``, as in :func:`mlp`.
+        timeout: seconds to wait for the workers before stopping them, a finite number > 0.
+
+    Raises:
+        ValueError: bad arguments, before any process is started: an empty ``clips``, an
+            unknown mode or loss, ``workers < 1``, a batch not divisible by ``workers``,
+            weights that do not fit ``sizes``, inputs whose width is not ``sizes[0]``, labels
+            outside ``[0, sizes[-1])`` (targets of the wrong size for ``"mse"``), ``max_norm``
+            missing, or ``lr``, a ``max_norm`` or ``timeout`` not a finite number > 0.
+        RuntimeError: a worker failed, e.g. on an unknown ``activation`` (the message holds
+            its output). No process is left running.
+        TimeoutError: the workers did not all finish within ``timeout`` seconds; they are
+            stopped.
     """
     weights, sizes, x, y, lr, workers, jobs = check_data_parallel_args(
         weights, sizes, x, y, lr, max_norm, workers, clips, loss)
@@ -149,6 +174,22 @@ def single_process_step(weights, sizes, x, y, *, lr: float, max_norm: float | No
     clipped by :func:`~companion.torch.clip_by_global_norm`, ``g * c / max(||g||, c)``.
     The step is taken in NumPy. Runs in the calling process (nothing is started).
     Returns a :class:`~companion.common.DataParallelStep` with ``worker_norms = [||g||]``.
+
+    Args:
+        weights: canonical arrays ``[W0 (out, in), b0, W1, b1, ...]`` of ``mlp(sizes)``.
+        sizes: the MLP's layer widths, e.g. ``[8, 16, 4]``.
+        x, y: the whole batch.
+        lr: the SGD learning rate, a finite number > 0.
+        max_norm: the clipping threshold ``c``, one finite number > 0; ``None`` for no
+            clipping.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"linear"``, as in :func:`mlp`.
+
+    Raises:
+        ValueError: an unknown loss or activation, ``x`` and ``y`` of different lengths or
+            empty, weights that do not fit ``sizes``, inputs whose width is not ``sizes[0]``,
+            labels outside ``[0, sizes[-1])`` (targets of the wrong size for ``"mse"``), or
+            ``lr`` or ``max_norm`` not a finite number > 0 (``max_norm`` a sequence included).
     """
     clip = None if max_norm is None else "after_allreduce"
     weights, sizes, x, y, lr, _, jobs = check_data_parallel_args(

@@ -95,6 +95,14 @@ def rnn(input_size: int, hidden_size: int, output_size: int, nonlinearity: str =
     non-saturating ``phi``) gradients grow geometrically with the sequence length.
     Parameters: ``rnn.weight_ih, rnn.weight_hh, rnn.bias, readout.weight, readout.bias``.
 
+    Args:
+        input_size: features per time step ``I``, an integer >= 1.
+        hidden_size: width ``H`` of the hidden state, an integer >= 1.
+        output_size: width ``O`` of the read-out, an integer >= 1.
+        nonlinearity: ``phi``, ``"tanh"`` or ``"relu"``.
+        gain: spectral norm of the initial ``W_hh``, a finite number > 0.
+        seed: seed of the initial weights; ``None`` draws one from NumPy's global generator.
+
     Raises:
         ValueError: a size < 1, an unknown nonlinearity (``"tanh"`` or ``"relu"``), or a
             gain that is not a finite number > 0.
@@ -115,12 +123,20 @@ def rnn(input_size: int, hidden_size: int, output_size: int, nonlinearity: str =
 
 
 def trainable_parameters(model: nn.Module) -> list:
-    """The parameters that gradients, scores and masks are aligned with, in order."""
+    """The parameters that gradients, scores and masks are aligned with, in order.
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+    """
     return [p for p in model.parameters() if p.requires_grad]
 
 
 def parameter_names(model: nn.Module) -> list:
-    """Names of :func:`trainable_parameters`, e.g. ``["dense0.weight", "dense0.bias"]``."""
+    """Names of :func:`trainable_parameters`, e.g. ``["dense0.weight", "dense0.bias"]``.
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+    """
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
@@ -129,6 +145,14 @@ def to_canonical(model: nn.Module, tensors) -> list:
 
     PyTorch's layout is the canonical one, so this only copies to host memory. ``None``
     entries stay ``None``.
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+        tensors: one tensor (or ``None``) per trainable parameter, in order, in PyTorch's
+            layout (the canonical one).
+
+    Raises:
+        ValueError: the number of tensors differs from the number of trainable parameters.
     """
     tensors = list(tensors)
     _check_aligned(model, tensors)
@@ -136,7 +160,11 @@ def to_canonical(model: nn.Module, tensors) -> list:
 
 
 def get_weights(model: nn.Module) -> list:
-    """The model's trainable parameters as NumPy arrays in canonical layout."""
+    """The model's trainable parameters as NumPy arrays in canonical layout.
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+    """
     return to_canonical(model, trainable_parameters(model))
 
 
@@ -145,6 +173,11 @@ def from_canonical(model: nn.Module, arrays) -> list:
 
     The inverse of :func:`to_canonical`: each array becomes a tensor with its parameter's
     dtype and device (the layout is already PyTorch's). ``None`` stays ``None``.
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+        arrays: one array-like (or ``None``) per trainable parameter, in order and in canonical
+            layout ``(out, in, ...)``.
 
     Raises:
         ValueError: the number of arrays or any shape differs from the parameters'; the
@@ -168,8 +201,14 @@ def from_canonical(model: nn.Module, arrays) -> list:
 def set_weights(model: nn.Module, arrays) -> None:
     """Copy canonical-layout arrays into the model's trainable parameters.
 
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+        arrays: one array-like per trainable parameter, in order and in canonical layout
+            ``(out, in, ...)``; none may be ``None``.
+
     Raises:
-        ValueError: the number of arrays or any shape differs from the parameters' (see
+        ValueError: an entry of ``arrays`` is ``None``, or the number of arrays or any
+            shape differs from the canonical shapes of the parameters (see
             :func:`from_canonical`). The model is left unchanged.
     """
     arrays = list(arrays)

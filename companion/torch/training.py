@@ -25,6 +25,17 @@ def loss_value(model, x, y, loss: str = "cross_entropy") -> torch.Tensor:
     * ``"cross_entropy"``: ``-(1/n) sum_i log softmax(f(x_i))_{y_i}``; the model returns
       logits and ``y`` holds integer class labels.
     * ``"mse"``: ``(1/(n d)) sum_i ||f(x_i) - y_i||^2``, the mean over every entry.
+
+    Args:
+        model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+            the targets, ``d`` values per example.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
+            ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
     """
     check_choice("loss", loss, LOSSES)
     x, y = check_data(x, y, loss)
@@ -42,6 +53,17 @@ def gradients(model, x, y, loss: str = "cross_entropy") -> list:
     """``[dL/dθ for θ in trainable parameters]`` of the mean loss on ``(x, y)``.
 
     The gradients are returned, not stored in ``.grad``: the model is not changed.
+
+    Args:
+        model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+            the targets, ``d`` values per example.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
+            ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
     """
     return list(torch.autograd.grad(loss_value(model, x, y, loss), trainable_parameters(model)))
 
@@ -51,6 +73,17 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
 
     Same shape as ``x``. For a sequence model, ``||dL/dx_t||`` against ``t`` shows how far
     back in time the gradient reaches (it vanishes or explodes with the distance ``T - t``).
+
+    Args:
+        model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+            the targets, ``d`` values per example.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
+            ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
     """
     check_choice("loss", loss, LOSSES)
     x, y = check_data(x, y, loss)
@@ -65,6 +98,19 @@ def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -
 
     Returns ``{"loss": float, "accuracy": float}`` (``{"loss": float}`` for ``"mse"``).
     Batches only bound memory; the result is the mean over every example.
+
+    Args:
+        model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+            the targets, ``d`` values per example.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        batch_size: examples per forward pass, an integer >= 1 (bounds memory only).
+
+    Raises:
+        ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, ``y``
+            not integer labels of shape ``(n,)`` (for ``"cross_entropy"``), or a
+            ``batch_size`` that is not an integer >= 1.
     """
     check_choice("loss", loss, LOSSES)
     x, y = check_data(x, y, loss)
