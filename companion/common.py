@@ -626,3 +626,22 @@ def _worker_logs(folder: str, count: int) -> str:
             with open(path, errors="replace") as f:
                 text += f"\n--- worker {rank} output ---\n{f.read()[-4000:]}"
     return text
+
+
+def whole_batch_step(backend, weights, sizes, x, y, *, lr, max_norm, loss, activation):
+    """``single_process_step`` of either back end: ``backend`` is ``companion.torch`` or
+    ``companion.tensorflow``, whose ``mlp``, ``gradients``, ``global_norm`` and
+    ``clip_by_global_norm`` compute the step ``w <- w - lr * clip(g)`` on the whole batch."""
+    clip = None if max_norm is None else "after_allreduce"
+    weights, sizes, x, y, lr, _, jobs = check_data_parallel_args(
+        weights, sizes, x, y, lr, max_norm, 1, (clip,), loss, one_max_norm=True)
+    (clip, max_norm), = jobs
+    model = backend.mlp(sizes, activation=activation, seed=0)
+    backend.set_weights(model, weights)
+    grads = backend.gradients(model, x, y, loss)
+    norm = backend.global_norm(grads)
+    if clip is not None:
+        grads, _ = backend.clip_by_global_norm(grads, max_norm)
+    new = [w - np.float32(lr) * g for w, g in zip(weights, backend.to_canonical(model, grads))]
+    return DataParallelStep(clip=clip, max_norm=max_norm, weights=new, global_norm=norm,
+                            worker_norms=[norm])

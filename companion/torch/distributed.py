@@ -32,24 +32,24 @@ workers join a ``gloo`` process group (CPU) through ``MASTER_ADDR=127.0.0.1`` an
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import socket
 import tempfile
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..common import (DATA_PARALLEL_CLIPS, DataParallelStep, check_data_parallel_args,
                       check_positive, load_data_parallel_steps, run_worker_processes,
-                      save_data_parallel_steps)
+                      save_data_parallel_steps, whole_batch_step)
 from .clipping import clip_by_global_norm
 from .diagnostics import global_norm
-from .models import get_weights, mlp, set_weights, to_canonical, trainable_parameters
-from .training import _mean_loss, gradients
+from .models import get_weights, mlp, set_weights, trainable_parameters
+from .training import _mean_loss
 
 __all__ = ["data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
            "DataParallelStep", "DATA_PARALLEL_CLIPS"]
@@ -191,19 +191,8 @@ def single_process_step(weights, sizes, x, y, *, lr: float, max_norm: float | No
             labels outside ``[0, sizes[-1])`` (targets of the wrong size for ``"mse"``), or
             ``lr`` or ``max_norm`` not a finite number > 0 (``max_norm`` a sequence included).
     """
-    clip = None if max_norm is None else "after_allreduce"
-    weights, sizes, x, y, lr, _, jobs = check_data_parallel_args(
-        weights, sizes, x, y, lr, max_norm, 1, (clip,), loss, one_max_norm=True)
-    (clip, max_norm), = jobs
-    model = mlp(sizes, activation=activation, seed=0)
-    set_weights(model, weights)
-    grads = gradients(model, x, y, loss)
-    norm = global_norm(grads)
-    if clip is not None:
-        grads, _ = clip_by_global_norm(grads, max_norm)
-    new = [w - np.float32(lr) * g for w, g in zip(weights, to_canonical(model, grads))]
-    return DataParallelStep(clip=clip, max_norm=max_norm, weights=new, global_norm=norm,
-                            worker_norms=[norm])
+    return whole_batch_step(importlib.import_module(__package__), weights, sizes, x, y,
+                            lr=lr, max_norm=max_norm, loss=loss, activation=activation)
 
 
 _PORT_ATTEMPTS = 3
