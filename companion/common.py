@@ -374,6 +374,96 @@ def lowest_score_masks(scores, eligible, sparsity: float, scope: str) -> list:
     return masks
 
 
+def data_batches(n: int, batch_size: int):
+    """Yield ``slice`` objects that cover ``range(n)`` in order, ``batch_size`` at a time.
+
+    Scores that sum over the whole data set (``gradient_scores``, ...) use these: the
+    order is fixed, so the sums are the same in both back ends.
+    """
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def random_canonical_scores(shapes, seed: int) -> list:
+    """Uniform ``[0, 1)`` scores for parameters of canonical ``shapes``, from ``seed``.
+
+    Drawn in NumPy in the canonical layout, so a seed prunes the same entries in both back
+    ends. As a pruning criterion this is the baseline every saliency must beat.
+    """
+    rng = np.random.default_rng(resolve_seed(seed))
+    return [rng.random(shape) for shape in shapes]
+
+
+def check_masks(names, params, masks) -> list:
+    """Check that ``masks`` is aligned with ``params`` and holds only 0s and 1s."""
+    masks = check_matching_shapes(names, params, masks, "mask")
+    for name, mask in zip(names, masks):
+        if mask is None:
+            continue
+        # A torch tensor may live on a GPU; .detach().cpu() brings it to NumPy's reach.
+        values = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+        if not np.all((values == 0) | (values == 1)):
+            raise ValueError(f"mask for {name} must hold only 0 and 1")
+    return masks
+
+
+@dataclass(frozen=True)
+class SparsityRow:
+    """One line of a :class:`SparsityReport`: a parameter and how many of its entries are 0."""
+
+    name: str
+    shape: tuple
+    zeros: int
+    size: int
+
+    @property
+    def sparsity(self) -> float:
+        """The fraction of entries that are exactly zero."""
+        return self.zeros / self.size if self.size else 0.0
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Per-parameter and total sparsity (fraction of exact zeros) of a model.
+
+    ``weights`` totals the parameters with two or more dimensions (what pruning removes),
+    ``total`` every parameter. ``str(report)`` is a table a notebook can print.
+    """
+
+    rows: tuple
+
+    @classmethod
+    def from_arrays(cls, names, arrays) -> "SparsityReport":
+        """The report of canonical-layout ``arrays`` named ``names``."""
+        return cls(tuple(SparsityRow(name, tuple(np.shape(a)), int(np.sum(np.asarray(a) == 0)),
+                                     int(np.size(a))) for name, a in zip(names, arrays)))
+
+    @staticmethod
+    def _sum(label: str, rows) -> SparsityRow:
+        return SparsityRow(label, (), sum(r.zeros for r in rows), sum(r.size for r in rows))
+
+    def _totals(self) -> list:
+        weights = [r for r in self.rows if len(r.shape) >= 2]
+        return [self._sum("weights", weights), self._sum("total", self.rows)]
+
+    @property
+    def weights(self) -> float:
+        """Sparsity over all parameters with two or more dimensions."""
+        return self._totals()[0].sparsity
+
+    @property
+    def total(self) -> float:
+        """Sparsity over every parameter, biases included."""
+        return self._totals()[1].sparsity
+
+    def __str__(self) -> str:
+        lines = [f"{'parameter':<16}{'shape':>10}{'zeros':>8}{'size':>8}{'sparsity':>10}"]
+        for r in (*self.rows, *self._totals()):
+            shape = "x".join(map(str, r.shape))
+            lines.append(f"{r.name:<16}{shape:>10}{r.zeros:>8}{r.size:>8}{r.sparsity:>10.2%}")
+        return "\n".join(lines)
+
+
 def check_clip_inputs(grads, params):
     """Check that ``grads`` and ``params`` are aligned lists of equal shapes; return lists."""
     grads, params = list(grads), list(params)

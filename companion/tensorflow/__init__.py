@@ -10,7 +10,9 @@ from .distributed import (DATA_PARALLEL_CLIPS, DataParallelStep,
                           single_process_step)
 from .models import (from_canonical, get_weights, mlp, parameter_names, rnn, set_weights,
                      to_canonical, trainable_parameters)
-from .pruning import apply_masks, magnitude_scores, masks_from_scores, prune
+from .pruning import (KeepMasks, apply_masks, gradient_scores, magnitude_scores,
+                      masks_from_scores, prune, random_scores, snip_scores, sparsity_report,
+                      taylor_scores)
 from .runtime import as_tensor, device, seed_everything
 from .training import evaluate, gradients, input_gradients, loss_value, train
 
@@ -23,7 +25,8 @@ __all__ = [
     "Clip", "clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
     "clip_function", "clipping_optimizer",
     "total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor",
-    "magnitude_scores", "masks_from_scores", "apply_masks", "prune",
+    "magnitude_scores", "random_scores", "gradient_scores", "snip_scores", "taylor_scores",
+    "masks_from_scores", "apply_masks", "prune", "KeepMasks", "sparsity_report",
     "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
     "DataParallelStep", "DATA_PARALLEL_CLIPS",
 ]

@@ -6,13 +6,19 @@ variable's own (Keras) layout; masks are 0/1 tensors (``None`` for a variable le
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
-from ..common import (SCOPES, check_choice, check_matching_shapes, check_sparsity,
-                      lowest_score_masks)
-from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
+from ..common import (LOSSES, SCOPES, SparsityReport, check_choice, check_data, check_masks,
+                      check_matching_shapes, check_positive_int, check_sparsity, data_batches,
+                      lowest_score_masks, random_canonical_scores)
+from .models import (from_canonical, get_weights, parameter_names, to_canonical,
+                     trainable_parameters)
+from .training import gradients
 
-__all__ = ["magnitude_scores", "masks_from_scores", "apply_masks", "prune"]
+__all__ = ["magnitude_scores", "random_scores", "gradient_scores", "snip_scores",
+           "taylor_scores", "masks_from_scores", "apply_masks", "prune", "KeepMasks",
+           "sparsity_report"]
 
 
 def magnitude_scores(model) -> list:
@@ -22,6 +28,104 @@ def magnitude_scores(model) -> list:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
     """
     return [tf.abs(v) for v in trainable_parameters(model)]
+
+
+def random_scores(model, seed: int = 0) -> list:
+    """Uniform random scores in ``[0, 1)``: pruning by them is random pruning, the baseline.
+
+    Drawn in NumPy in the canonical layout from ``seed``, so both back ends prune the same
+    entries.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        seed: the seed of the draw.
+    """
+    shapes = [tuple(a.shape) for a in get_weights(model)]
+    return from_canonical(model, random_canonical_scores(shapes, seed))
+
+
+def _batch_gradients(model, x, y, batch_size: int, loss: str):
+    """Yield ``(n_b / n, [dL_b/dθ])`` for consecutive batches ``b`` of the whole data set."""
+    check_choice("loss", loss, LOSSES)
+    x, y = check_data(x, y, loss)
+    batch_size = check_positive_int("batch_size", batch_size)
+    for batch in data_batches(len(x), batch_size):
+        yield len(x[batch]) / len(x), gradients(model, x[batch], y[batch], loss)
+
+
+def gradient_scores(model, x, y, *, batch_size: int = 1000,
+                    loss: str = "cross_entropy") -> list:
+    """Gradient magnitude ``s_q = |dL/dw_q|`` of the mean loss over all of ``(x, y)``.
+
+    ``dL/dw = sum_b (n_b / n) dL_b/dw`` is accumulated over consecutive batches ``b``, so
+    the result does not depend on ``batch_size``. Near a minimum every gradient is small,
+    the important weights' too: this is the criterion Chapter 3 shows failing.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
+        batch_size: examples per gradient evaluation, an integer >= 1 (bounds memory only).
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+    """
+    total = None
+    for weight, grads in _batch_gradients(model, x, y, batch_size, loss):
+        scaled = [weight * g for g in grads]
+        total = scaled if total is None else [t + g for t, g in zip(total, scaled)]
+    return [tf.abs(t) for t in total]
+
+
+def snip_scores(model, x, y, *, batch_size: int = 1000, loss: str = "cross_entropy") -> list:
+    """SNIP connection sensitivity ``s_q = |dL/dw_q * w_q|`` (Lee et al. 2019).
+
+    Equal to ``|dL/dc_q|`` at ``c = 1`` for a multiplicative gate ``c_q`` on each weight
+    (``w_q -> c_q w_q``): how much the loss changes when the connection is scaled. The
+    gradient is that of the mean loss over all of ``(x, y)``, as in
+    :func:`gradient_scores`.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
+        batch_size: examples per gradient evaluation, an integer >= 1 (bounds memory only).
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+    """
+    grads = gradient_scores(model, x, y, batch_size=batch_size, loss=loss)
+    return [g * tf.abs(v) for g, v in zip(grads, trainable_parameters(model))]
+
+
+def taylor_scores(model, x, y, *, batch_size: int = 64, loss: str = "cross_entropy") -> list:
+    """First-order Taylor importance ``s_q = mean_b (dL_b/dw_q * w_q)^2`` (Molchanov et al. 2019).
+
+    ``(g_q w_q)^2`` estimates the squared loss change of removing ``w_q``; squaring each
+    minibatch's estimate before averaging keeps weights whose gradient changes sign from
+    batch to batch (their mean gradient, which :func:`snip_scores` uses, cancels). So
+    here ``batch_size`` matters: it is the minibatch of the estimate (the last one may be
+    smaller).
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
+        batch_size: examples per minibatch estimate, an integer >= 1.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+    """
+    variables = [tf.convert_to_tensor(v) for v in trainable_parameters(model)]
+    total, count = None, 0
+    for _, grads in _batch_gradients(model, x, y, batch_size, loss):
+        squares = [tf.square(g * v) for g, v in zip(grads, variables)]
+        total = squares if total is None else [t + q for t, q in zip(total, squares)]
+        count += 1
+    return [t / count for t in total]
 
 
 def _check_shapes(model, tensors, what: str) -> list:
@@ -70,10 +174,10 @@ def apply_masks(model, masks) -> None:
             each of its variable's shape, e.g. from :func:`masks_from_scores`.
 
     Raises:
-        ValueError: masks not aligned with the parameters or of the wrong shape; nothing
-            is changed.
+        ValueError: masks not aligned with the parameters, of the wrong shape, or holding
+            values other than 0 and 1; nothing is changed.
     """
-    masks = _check_shapes(model, masks, "mask")
+    masks = check_masks(parameter_names(model), trainable_parameters(model), masks)
     for variable, mask in zip(trainable_parameters(model), masks):
         if mask is not None:
             variable.assign(variable * tf.cast(mask, variable.dtype))
@@ -100,3 +204,60 @@ def prune(model, scores, sparsity: float, scope: str = "global",
     masks = masks_from_scores(model, scores, sparsity, scope, prune_biases)
     apply_masks(model, masks)
     return masks
+
+
+class KeepMasks(keras.callbacks.Callback):
+    """Keep pruned weights at zero in Keras ``model.fit``: a callback.
+
+    At the start of training and after every batch the weights are multiplied by their
+    masks, which undoes whatever the optimizer step did to pruned entries (gradient,
+    momentum, weight decay). So they are exactly zero after each step::
+
+        masks = ctf.prune(model, ctf.magnitude_scores(model), 0.9)
+        model.fit(x, y, epochs=3, callbacks=[ctf.KeepMasks(masks)])
+
+    It needs ``steps_per_execution=1`` (Keras' default), since callbacks run between
+    executions. In a hand-written ``tf.GradientTape`` loop, call :func:`apply_masks` after
+    each ``optimizer.apply_gradients`` instead.
+
+    Args:
+        masks: one 0/1 tensor (or ``None``) per trainable variable of the model that
+            ``fit`` trains, e.g. from :func:`prune`.
+
+    Raises:
+        ValueError: (when ``fit`` starts) masks not aligned with the model's trainable
+            variables, of the wrong shape, or not 0/1; the model is not changed.
+    """
+
+    def __init__(self, masks):
+        super().__init__()
+        self._masks = list(masks)
+
+    def set_model(self, model):
+        variables = trainable_parameters(model)
+        masks = check_masks(parameter_names(model), variables, self._masks)
+        self._pairs = [(v, tf.cast(m, v.dtype)) for v, m in zip(variables, masks)
+                       if m is not None]
+        super().set_model(model)
+
+    def _apply(self):
+        for variable, mask in self._pairs:
+            variable.assign(variable * mask)
+
+    def on_train_begin(self, logs=None):
+        self._apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._apply()
+
+
+def sparsity_report(model) -> SparsityReport:
+    """How many entries of each parameter are exactly zero, and the totals.
+
+    ``print(sparsity_report(model))`` shows a table; ``.weights`` is the sparsity over the
+    weight matrices (what pruning removes), ``.total`` over every parameter.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+    """
+    return SparsityReport.from_arrays(parameter_names(model), get_weights(model))

@@ -12,10 +12,11 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from ..common import (LOSSES, Clip, History, NonFiniteError, check_choice, check_data,
-                      check_positive_int, check_train_args, minibatches, nonfinite_message)
+                      check_masks, check_positive_int, check_train_args, minibatches,
+                      nonfinite_message)
 from .clipping import clip_function
 from .diagnostics import total_norm
-from .models import trainable_parameters
+from .models import parameter_names, trainable_parameters
 from .runtime import as_tensor
 
 __all__ = ["loss_value", "gradients", "input_gradients", "evaluate", "train"]
@@ -165,16 +166,23 @@ def _optimizer(name: str, lr: float, momentum: float):
     return keras.optimizers.Adam(learning_rate=lr)
 
 
+def _mask_weights(masked) -> None:
+    for variable, mask in masked:
+        variable.assign(variable * mask)
+
+
 def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: str = "sgd",
           momentum: float = 0.0, loss: str = "cross_entropy", clip=None, monitor=None,
-          progress: bool = True, seed: int = 0) -> History:
+          masks=None, progress: bool = True, seed: int = 0) -> History:
     """Minibatch training of ``model`` on ``(x, y)``; returns a :class:`History`.
 
     Each step takes the next shuffled minibatch (the order depends on ``seed`` only, the
     same in both back ends), computes the mean loss and its gradient ``g``, records
     ``||g||_2`` (and hands ``g`` to ``monitor``), applies ``clip`` if given, and takes an
     optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` (Keras' equivalent form)
-    or Adam.
+    or Adam. With ``masks`` the pruned entries stay exactly zero: masked before training,
+    their gradients zeroed before each step (so optimizer state stays zero there) and
+    re-masked after it.
 
     Adam is each framework's own (``torch.optim.Adam``, ``keras.optimizers.Adam``); they
     add epsilon at different places, so Adam runs agree across back ends only to about
@@ -186,6 +194,8 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
             to every gradient before its update.
         monitor: e.g. a :class:`GradientMonitor`; its ``record(step, grads)`` sees the raw
             (unclipped) gradients of every step, including one that is not finite.
+        masks: ``None``, or one 0/1 tensor (or ``None``) per trainable variable, e.g.
+            from :func:`prune`: the pruned weights to keep at zero.
         progress: show a tqdm progress bar (on stdout) with the running loss.
 
     Raises:
@@ -202,11 +212,21 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     # of the user's may not be graph-safe, so it runs eagerly before it.
     compiled_clip = clip_function(clip, variables) if isinstance(clip, Clip) else None
     eager_clip = None if isinstance(clip, Clip) else clip_function(clip, variables)
+    masks = [None] * len(variables) if masks is None else [
+        None if m is None else tf.cast(m, v.dtype)
+        for v, m in zip(variables, check_masks(parameter_names(model), variables, masks))]
+    masked = [(v, m) for v, m in zip(variables, masks) if m is not None]
+    _mask_weights(masked)
     opt = _optimizer(optimizer, lr, momentum)
     step_gradients = _compiled_gradients(model, loss)
+
     # Keras' own fit() compiles the update too; eagerly it costs ~10x the gradient.
-    apply_update = tf.function(lambda grads: opt.apply_gradients(
-        zip(grads if compiled_clip is None else compiled_clip(grads), variables)))
+    @tf.function
+    def apply_update(grads):
+        grads = list(grads if compiled_clip is None else compiled_clip(grads))
+        grads = [g if m is None else g * m for g, m in zip(grads, masks)]
+        opt.apply_gradients(zip(grads, variables))
+        _mask_weights(masked)
     history = History()
     total = epochs * math.ceil(len(x) / batch_size)
     with tqdm(total=total, desc="train", file=sys.stdout, disable=not progress) as bar:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import torch
 
-from ..common import (SCOPES, check_choice, check_matching_shapes, check_sparsity,
-                      lowest_score_masks)
-from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
+from ..common import (LOSSES, SCOPES, SparsityReport, check_choice, check_data, check_masks,
+                      check_matching_shapes, check_positive_int, check_sparsity, data_batches,
+                      lowest_score_masks, random_canonical_scores)
+from .models import (from_canonical, get_weights, parameter_names, to_canonical,
+                     trainable_parameters)
+from .training import gradients
 
-__all__ = ["magnitude_scores", "masks_from_scores", "apply_masks", "prune"]
+__all__ = ["magnitude_scores", "random_scores", "gradient_scores", "snip_scores",
+           "taylor_scores", "masks_from_scores", "apply_masks", "prune",
+           "keep_masks_after_step", "sparsity_report"]
 
 
 def magnitude_scores(model) -> list:
@@ -22,6 +27,104 @@ def magnitude_scores(model) -> list:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
     """
     return [p.detach().abs() for p in trainable_parameters(model)]
+
+
+def random_scores(model, seed: int = 0) -> list:
+    """Uniform random scores in ``[0, 1)``: pruning by them is random pruning, the baseline.
+
+    Drawn in NumPy in the canonical layout from ``seed``, so both back ends prune the same
+    entries.
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+        seed: the seed of the draw.
+    """
+    shapes = [tuple(a.shape) for a in get_weights(model)]
+    return from_canonical(model, random_canonical_scores(shapes, seed))
+
+
+def _batch_gradients(model, x, y, batch_size: int, loss: str):
+    """Yield ``(n_b / n, [dL_b/dθ])`` for consecutive batches ``b`` of the whole data set."""
+    check_choice("loss", loss, LOSSES)
+    x, y = check_data(x, y, loss)
+    batch_size = check_positive_int("batch_size", batch_size)
+    for batch in data_batches(len(x), batch_size):
+        yield len(x[batch]) / len(x), gradients(model, x[batch], y[batch], loss)
+
+
+def gradient_scores(model, x, y, *, batch_size: int = 1000,
+                    loss: str = "cross_entropy") -> list:
+    """Gradient magnitude ``s_q = |dL/dw_q|`` of the mean loss over all of ``(x, y)``.
+
+    ``dL/dw = sum_b (n_b / n) dL_b/dw`` is accumulated over consecutive batches ``b``, so
+    the result does not depend on ``batch_size``. Near a minimum every gradient is small,
+    the important weights' too: this is the criterion Chapter 3 shows failing.
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
+        batch_size: examples per gradient evaluation, an integer >= 1 (bounds memory only).
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+    """
+    total = None
+    for weight, grads in _batch_gradients(model, x, y, batch_size, loss):
+        scaled = [weight * g for g in grads]
+        total = scaled if total is None else [t + g for t, g in zip(total, scaled)]
+    return [t.abs() for t in total]
+
+
+def snip_scores(model, x, y, *, batch_size: int = 1000, loss: str = "cross_entropy") -> list:
+    """SNIP connection sensitivity ``s_q = |dL/dw_q * w_q|`` (Lee et al. 2019).
+
+    Equal to ``|dL/dc_q|`` at ``c = 1`` for a multiplicative gate ``c_q`` on each weight
+    (``w_q -> c_q w_q``): how much the loss changes when the connection is scaled. The
+    gradient is that of the mean loss over all of ``(x, y)``, as in
+    :func:`gradient_scores`.
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
+        batch_size: examples per gradient evaluation, an integer >= 1 (bounds memory only).
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+    """
+    grads = gradient_scores(model, x, y, batch_size=batch_size, loss=loss)
+    return [g * p.detach().abs() for g, p in zip(grads, trainable_parameters(model))]
+
+
+def taylor_scores(model, x, y, *, batch_size: int = 64, loss: str = "cross_entropy") -> list:
+    """First-order Taylor importance ``s_q = mean_b (dL_b/dw_q * w_q)^2`` (Molchanov et al. 2019).
+
+    ``(g_q w_q)^2`` estimates the squared loss change of removing ``w_q``; squaring each
+    minibatch's estimate before averaging keeps weights whose gradient changes sign from
+    batch to batch (their mean gradient, which :func:`snip_scores` uses, cancels). So
+    here ``batch_size`` matters: it is the minibatch of the estimate (the last one may be
+    smaller).
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
+        batch_size: examples per minibatch estimate, an integer >= 1.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+    """
+    params = [p.detach() for p in trainable_parameters(model)]
+    total, count = None, 0
+    for _, grads in _batch_gradients(model, x, y, batch_size, loss):
+        squares = [(g * p) ** 2 for g, p in zip(grads, params)]
+        total = squares if total is None else [t + q for t, q in zip(total, squares)]
+        count += 1
+    return [t / count for t in total]
 
 
 def _check_shapes(model, tensors, what: str) -> list:
@@ -70,14 +173,14 @@ def apply_masks(model, masks) -> None:
             each of its parameter's shape, e.g. from :func:`masks_from_scores`.
 
     Raises:
-        ValueError: masks not aligned with the parameters or of the wrong shape; nothing
-            is changed.
+        ValueError: masks not aligned with the parameters, of the wrong shape, or holding
+            values other than 0 and 1; nothing is changed.
     """
-    masks = _check_shapes(model, masks, "mask")
+    masks = check_masks(parameter_names(model), trainable_parameters(model), masks)
     with torch.no_grad():
         for param, mask in zip(trainable_parameters(model), masks):
             if mask is not None:
-                param.mul_(mask.to(param.dtype))
+                param.mul_(torch.as_tensor(mask, dtype=param.dtype, device=param.device))
 
 
 def prune(model, scores, sparsity: float, scope: str = "global",
@@ -101,3 +204,73 @@ def prune(model, scores, sparsity: float, scope: str = "global",
     masks = masks_from_scores(model, scores, sparsity, scope, prune_biases)
     apply_masks(model, masks)
     return masks
+
+
+def keep_masks_after_step(optimizer, model, masks):
+    """Keep pruned weights at zero in a plain PyTorch loop: hooks on ``optimizer``.
+
+    Before each ``optimizer.step()`` the gradients of pruned entries are zeroed (so momentum
+    and Adam's moments stay zero there); after it the weights are multiplied by their masks
+    again, which also undoes weight decay and any update that does not come from the
+    gradient. So the pruned weights stay exactly zero::
+
+        masks = ct.prune(model, ct.magnitude_scores(model), 0.9)
+        handle = ct.keep_masks_after_step(optimizer, model, masks)
+        ...  # train as usual: zero_grad, backward, step
+        handle.remove()  # the masks no longer apply
+
+    Args:
+        optimizer: a ``torch.optim.Optimizer`` over the model's parameters.
+        model: a ``torch.nn.Module`` whose :func:`trainable_parameters` the masks follow.
+        masks: one 0/1 tensor (or ``None``) per trainable parameter, e.g. from :func:`prune`.
+
+    Returns:
+        A handle whose ``remove()`` takes both hooks off.
+
+    Raises:
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
+        ValueError: masks not aligned with the parameters, of the wrong shape, or not 0/1.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, "
+                        f"got {type(optimizer).__name__}")
+    params = trainable_parameters(model)
+    masks = check_masks(parameter_names(model), params, masks)
+    pairs = [(p, torch.as_tensor(m, dtype=p.dtype, device=p.device))
+             for p, m in zip(params, masks) if m is not None]
+
+    def mask_gradients(*_):
+        for param, mask in pairs:
+            if param.grad is not None:
+                param.grad.mul_(mask)
+
+    def mask_weights(*_):
+        with torch.no_grad():
+            for param, mask in pairs:
+                param.mul_(mask)
+
+    return _Handles(optimizer.register_step_pre_hook(mask_gradients),
+                    optimizer.register_step_post_hook(mask_weights))
+
+
+class _Handles:
+    """Removes several hooks at once."""
+
+    def __init__(self, *handles):
+        self._handles = handles
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def sparsity_report(model) -> SparsityReport:
+    """How many entries of each parameter are exactly zero, and the totals.
+
+    ``print(sparsity_report(model))`` shows a table; ``.weights`` is the sparsity over the
+    weight matrices (what pruning removes), ``.total`` over every parameter.
+
+    Args:
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+    """
+    return SparsityReport.from_arrays(parameter_names(model), get_weights(model))

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..common import (LOSSES, History, NonFiniteError, check_choice, check_data,
+from ..common import (LOSSES, History, NonFiniteError, check_choice, check_data, check_masks,
                       check_positive_int, check_train_args, minibatches, nonfinite_message)
 from .clipping import clip_function
 from .diagnostics import global_norm
-from .models import trainable_parameters
+from .models import parameter_names, trainable_parameters
 from .runtime import as_tensor
 
 __all__ = ["loss_value", "gradients", "input_gradients", "evaluate", "train"]
@@ -136,15 +136,23 @@ def _optimizer(params, name: str, lr: float, momentum: float):
     return torch.optim.Adam(params, lr=lr)
 
 
+def _mask_weights(masked) -> None:
+    with torch.no_grad():
+        for param, mask in masked:
+            param.mul_(mask)
+
+
 def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: str = "sgd",
           momentum: float = 0.0, loss: str = "cross_entropy", clip=None, monitor=None,
-          progress: bool = True, seed: int = 0) -> History:
+          masks=None, progress: bool = True, seed: int = 0) -> History:
     """Minibatch training of ``model`` on ``(x, y)``; returns a :class:`History`.
 
     Each step takes the next shuffled minibatch (the order depends on ``seed`` only, the
     same in both back ends), computes the mean loss and its gradient ``g``, records
     ``||g||_2`` (and hands ``g`` to ``monitor``), applies ``clip`` if given, and takes an
-    optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` or Adam.
+    optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` or Adam. With ``masks``
+    the pruned entries stay exactly zero: masked before training, their gradients zeroed
+    before each step (so optimizer state stays zero there) and re-masked after it.
 
     Adam is each framework's own (``torch.optim.Adam``, ``keras.optimizers.Adam``); they
     add epsilon at different places, so Adam runs agree across back ends only to about
@@ -156,6 +164,8 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
             to every gradient before its update.
         monitor: e.g. a :class:`GradientMonitor`; its ``record(step, grads)`` sees the raw
             (unclipped) gradients of every step, including one that is not finite.
+        masks: ``None``, or one 0/1 tensor (or ``None``) per trainable parameter, e.g.
+            from :func:`prune`: the pruned weights to keep at zero.
         progress: show a tqdm progress bar (on stdout) with the running loss.
 
     Raises:
@@ -169,6 +179,11 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
                             monitor)
     params = trainable_parameters(model)
     clip = clip_function(clip, params)
+    masks = [None] * len(params) if masks is None else [
+        None if m is None else torch.as_tensor(m, dtype=p.dtype, device=p.device)
+        for p, m in zip(params, check_masks(parameter_names(model), params, masks))]
+    masked = [(p, m) for p, m in zip(params, masks) if m is not None]
+    _mask_weights(masked)
     opt = _optimizer(params, optimizer, lr, momentum)
     history = History()
     total = epochs * math.ceil(len(x) / batch_size)
@@ -192,9 +207,10 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
                 history.accuracy.append((output.argmax(dim=1) == target).float().mean().item())
             if clip is not None:
                 grads = clip(grads)
-            for param, grad in zip(params, grads):
-                param.grad = grad
+            for param, grad, mask in zip(params, grads, masks):
+                param.grad = grad if mask is None else grad * mask
             opt.step()
+            _mask_weights(masked)
             bar.update()
             bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)
     return history
