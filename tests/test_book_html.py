@@ -390,29 +390,35 @@ def test_chapters_offer_their_notebook_and_no_outside_launch(book_html):
         assert not launch, f"{docname}: launch links to outside services: {launch}"
 
 
+# Framework-neutral modules whose public names the back ends re-export or use.
+NEUTRAL_MODULES = ("companion.common", "companion.schedules_common", "companion.second_order")
+
+
 def _public_names():
     """(name as a reader writes it, object, id of its entry on the API page)."""
-    common = importlib.import_module("companion.common")
+    neutral = [importlib.import_module(name) for name in NEUTRAL_MODULES]
     seen = set()
     for module_name in ("companion.torch", "companion.tensorflow", "companion.data"):
         module = importlib.import_module(module_name)
         for name in module.__all__:
             obj = getattr(module, name)
-            # Re-exported from companion.common (a class, a function or a constant):
-            # documented once, there.
-            shared = module is not common and getattr(common, name, None) is obj
-            anchor = f"companion.common.{name}" if shared else f"{module_name}.{name}"
+            # Re-exported from a framework-neutral module (a class, a function or a
+            # constant): documented once, there.
+            home = next((m for m in neutral if getattr(m, name, None) is obj), None)
+            anchor = f"{home.__name__}.{name}" if home else f"{module_name}.{name}"
             seen.add(anchor)
             yield f"{module_name}.{name}", obj, anchor
-    # companion.common's public names: its __all__ if it has one, else every function and
-    # class defined there whose name does not start with "_".
-    names = getattr(common, "__all__", None) or [
-        name for name, obj in vars(common).items()
-        if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
-        and obj.__module__ == common.__name__]
-    for name in names:
-        if f"companion.common.{name}" not in seen:
-            yield f"companion.common.{name}", getattr(common, name), f"companion.common.{name}"
+    # A framework-neutral module's public names: its __all__ if it has one, else every
+    # function and class defined there whose name does not start with "_".
+    for common in neutral:
+        names = getattr(common, "__all__", None) or [
+            name for name, obj in vars(common).items()
+            if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+            and obj.__module__ == common.__name__]
+        for name in names:
+            anchor = f"{common.__name__}.{name}"
+            if anchor not in seen:
+                yield anchor, getattr(common, name), anchor
 
 
 def test_api_reference_documents_every_public_name(book_html):

@@ -1,8 +1,11 @@
 """The TensorFlow (Keras 3) back end: the same names and numbers as :mod:`companion.torch`."""
 
 from ..common import Clip, History, NonFiniteError, share_cpu_between_frameworks
+from ..schedules_common import CompressedSize
 from .clipping import (adaptive_clip, clip_by_global_norm, clip_by_norm, clip_by_value,
                        clip_function, clipping_optimizer)
+from .curvature import (hessian, hessian_diagonal, hutchinson_trace, hvp, obd_scores,
+                        obs_prune, top_eigenvalue)
 from .diagnostics import (GradientMonitor, global_norm, layer_norms, parameter_norms,
                           total_norm)
 from .distributed import (DATA_PARALLEL_CLIPS, DataParallelStep,
@@ -10,10 +13,12 @@ from .distributed import (DATA_PARALLEL_CLIPS, DataParallelStep,
                           single_process_step)
 from .models import (from_canonical, get_weights, mlp, parameter_names, rnn, set_weights,
                      to_canonical, trainable_parameters)
-from .pruning import (KeepMasks, apply_masks, gradient_scores, magnitude_scores,
-                      masks_from_scores, prune, random_scores, snip_scores, sparsity_report,
-                      taylor_scores)
+from .pruning import (KeepMasks, apply_masks, compressed_size, gradient_scores,
+                      magnitude_scores, masks_from_scores, prune, random_scores, snip_scores,
+                      sparsity_report, taylor_scores)
 from .runtime import as_tensor, device, seed_everything
+from .schedules import (GradualPruning, GradualPruningResult, constant_sparsity,
+                        polynomial_decay, prune_gradually, pruning_steps)
 from .training import evaluate, gradients, input_gradients, loss_value, train
 
 __all__ = [
@@ -27,6 +32,10 @@ __all__ = [
     "total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor",
     "magnitude_scores", "random_scores", "gradient_scores", "snip_scores", "taylor_scores",
     "masks_from_scores", "apply_masks", "prune", "KeepMasks", "sparsity_report",
+    "constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",
+    "GradualPruningResult", "GradualPruning", "compressed_size", "CompressedSize",
+    "hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
+    "obd_scores", "obs_prune",
     "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
     "DataParallelStep", "DATA_PARALLEL_CLIPS",
 ]

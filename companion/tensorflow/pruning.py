@@ -12,13 +12,14 @@ import tensorflow as tf
 from ..common import (LOSSES, SCOPES, SparsityReport, check_choice, check_data, check_masks,
                       check_matching_shapes, check_positive_int, check_sparsity, data_batches,
                       lowest_score_masks, random_canonical_scores)
+from ..schedules_common import CompressedSize
 from .models import (from_canonical, get_weights, parameter_names, to_canonical,
                      trainable_parameters)
 from .training import gradients
 
 __all__ = ["magnitude_scores", "random_scores", "gradient_scores", "snip_scores",
            "taylor_scores", "masks_from_scores", "apply_masks", "prune", "KeepMasks",
-           "sparsity_report"]
+           "sparsity_report", "compressed_size"]
 
 
 def magnitude_scores(model) -> list:
@@ -261,3 +262,28 @@ def sparsity_report(model) -> SparsityReport:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
     """
     return SparsityReport.from_arrays(parameter_names(model), get_weights(model))
+
+
+def compressed_size(model, index_bits: int = 32) -> CompressedSize:
+    """Bytes of the model's weights stored dense and in compressed sparse row (CSR) form.
+
+    Each parameter of two or more dimensions, canonical shape ``(out, in, k...)``, is a
+    matrix of ``out`` rows and ``in * k...`` columns; CSR stores its ``nnz`` non-zero
+    values, one ``index_bits``-wide column index per value and ``out + 1`` row pointers::
+
+        sparse = nnz * itemsize + nnz * index_bits / 8 + (out + 1) * pointer_bits / 8
+
+    (row pointers are ``index_bits`` wide unless ``nnz`` needs more). Biases are stored
+    dense. ``print(compressed_size(model))`` shows a table; ``.dense_bytes``,
+    ``.sparse_bytes`` and ``.ratio`` (dense / sparse) are the totals. See
+    :func:`companion.schedules_common.csr_bytes`.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        index_bits: the width of a column index: 8, 16, 32 or 64 bits (unsigned).
+
+    Raises:
+        ValueError: ``index_bits`` not one of 8, 16, 32, 64, or too narrow to address the
+            columns of some weight matrix (``2**index_bits`` of them at most).
+    """
+    return CompressedSize.from_arrays(parameter_names(model), get_weights(model), index_bits)

@@ -205,16 +205,37 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
         ValueError, TypeError: bad arguments (e.g. a ``clip`` that is none of the above),
             before anything is changed.
     """
+    return _train(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size,
+                  optimizer=optimizer, momentum=momentum, loss=loss, clip=clip,
+                  monitor=monitor, masks=masks, progress=progress, seed=seed)
+
+
+def _checked_masks(variables, names, masks) -> list:
+    """Checked masks as tensors of the variables' dtypes (``None`` stays ``None``)."""
+    return [None] * len(variables) if masks is None else [
+        None if m is None else tf.cast(m, v.dtype)
+        for v, m in zip(variables, check_masks(names, variables, masks))]
+
+
+def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, clip, monitor,
+           masks, progress, seed, before_step=None) -> History:
+    """The loop of :func:`train`, with a hook for gradual pruning.
+
+    ``before_step(step)``, if given, runs at the start of every step, before the
+    minibatch's gradient. If it returns masks, they replace ``masks`` from that step on
+    and are applied to the weights at once; they must be ``None`` exactly where ``masks``
+    is (the masks live in variables that the compiled update reads).
+    """
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
                             monitor)
     variables = trainable_parameters(model)
+    names = parameter_names(model)
     # A Clip rule is made of TensorFlow ops and runs inside the compiled update; a function
     # of the user's may not be graph-safe, so it runs eagerly before it.
     compiled_clip = clip_function(clip, variables) if isinstance(clip, Clip) else None
     eager_clip = None if isinstance(clip, Clip) else clip_function(clip, variables)
-    masks = [None] * len(variables) if masks is None else [
-        None if m is None else tf.cast(m, v.dtype)
-        for v, m in zip(variables, check_masks(parameter_names(model), variables, masks))]
+    masks = [None if m is None else tf.Variable(m, trainable=False)
+             for m in _checked_masks(variables, names, masks)]
     masked = [(v, m) for v, m in zip(variables, masks) if m is not None]
     _mask_weights(masked)
     opt = _optimizer(optimizer, lr, momentum)
@@ -231,6 +252,15 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     total = epochs * math.ceil(len(x) / batch_size)
     with tqdm(total=total, desc="train", file=sys.stdout, disable=not progress) as bar:
         for step, batch in enumerate(minibatches(len(x), batch_size, epochs, seed)):
+            new_masks = None if before_step is None else before_step(step)
+            if new_masks is not None:
+                for mask, new in zip(masks, _checked_masks(variables, names, new_masks)):
+                    if (mask is None) != (new is None):
+                        raise ValueError("before_step must return masks that are None "
+                                         "exactly where the initial masks are")
+                    if mask is not None:
+                        mask.assign(new)
+                _mask_weights(masked)
             target = as_tensor(y[batch], variables[0])
             batch_loss, output, grads, norm = step_gradients(as_tensor(x[batch], variables[0]),
                                                              target)

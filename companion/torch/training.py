@@ -175,14 +175,32 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
         ValueError, TypeError: bad arguments (e.g. a ``clip`` that is none of the above),
             before anything is changed.
     """
+    return _train(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size,
+                  optimizer=optimizer, momentum=momentum, loss=loss, clip=clip,
+                  monitor=monitor, masks=masks, progress=progress, seed=seed)
+
+
+def _mask_tensors(params, names, masks) -> tuple:
+    """Checked masks as tensors like the parameters, and the (parameter, mask) pairs."""
+    masks = [None] * len(params) if masks is None else [
+        None if m is None else torch.as_tensor(m, dtype=p.dtype, device=p.device)
+        for p, m in zip(params, check_masks(names, params, masks))]
+    return masks, [(p, m) for p, m in zip(params, masks) if m is not None]
+
+
+def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, clip, monitor,
+           masks, progress, seed, before_step=None) -> History:
+    """The loop of :func:`train`, with a hook for gradual pruning.
+
+    ``before_step(step)``, if given, runs at the start of every step, before the
+    minibatch's gradient. If it returns masks, they replace ``masks`` from that step on
+    and are applied to the weights at once.
+    """
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
                             monitor)
     params = trainable_parameters(model)
     clip = clip_function(clip, params)
-    masks = [None] * len(params) if masks is None else [
-        None if m is None else torch.as_tensor(m, dtype=p.dtype, device=p.device)
-        for p, m in zip(params, check_masks(parameter_names(model), params, masks))]
-    masked = [(p, m) for p, m in zip(params, masks) if m is not None]
+    masks, masked = _mask_tensors(params, parameter_names(model), masks)
     _mask_weights(masked)
     opt = _optimizer(params, optimizer, lr, momentum)
     history = History()
@@ -190,6 +208,10 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     model.train()
     with tqdm(total=total, desc="train", file=sys.stdout, disable=not progress) as bar:
         for step, batch in enumerate(minibatches(len(x), batch_size, epochs, seed)):
+            new_masks = None if before_step is None else before_step(step)
+            if new_masks is not None:
+                masks, masked = _mask_tensors(params, parameter_names(model), new_masks)
+                _mask_weights(masked)
             xb, yb = x[batch], y[batch]
             like = params[0]
             output = model(as_tensor(xb, like))

@@ -1,0 +1,459 @@
+"""Framework-neutral pieces of gradual pruning that both back ends share (plain Python, NumPy).
+
+* **Schedules** (Zhu & Gupta 2017, with the semantics of TensorFlow Model Optimization's
+  ``ConstantSparsity`` and ``PolynomialDecay``): pure functions of the training step that
+  return ``(should_prune, sparsity)``. :func:`pruning_steps` lists where a schedule prunes.
+* **Growing masks** (:func:`grow_masks`): the masks of one pruning step, in the canonical
+  layout, so both back ends prune the same entries. Pruned weights stay pruned.
+* **Choosing scores** (:func:`criterion_function`): a criterion name such as ``"snip"`` or
+  a function ``model -> scores``, made into ``(model, step) -> scores``.
+* **Storage cost** (:func:`csr_bytes`, :class:`CompressedSize`): the bytes of the weights
+  stored dense and in compressed sparse row (CSR) form.
+
+``companion.torch`` and ``companion.tensorflow`` re-export the public names, so a reader
+writes ``ct.polynomial_decay(...)`` or ``ctf.polynomial_decay(...)`` and gets the same
+numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .common import (LOSSES, SCOPES, History, check_choice, check_data, check_positive,
+                     check_sparsity)
+
+__all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps", "check_schedule",
+           "grow_masks", "criterion_function", "GradualPruningResult", "csr_bytes",
+           "CompressedRow", "CompressedSize"]
+
+CRITERIA = ("magnitude", "random", "gradient", "snip", "taylor", "obd")
+DATA_CRITERIA = ("gradient", "snip", "taylor", "obd")
+INDEX_BITS = (8, 16, 32, 64)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def _check_integer(what: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__}")
+    return int(value)
+
+
+def _check_steps(begin_step, end_step, frequency, allow_forever: bool) -> tuple:
+    """tfmot's checks: ``begin >= 0``, ``end >= begin`` (or ``-1``), ``frequency >= 1``."""
+    begin_step = _check_integer("begin_step", begin_step)
+    end_step = _check_integer("end_step", end_step)
+    frequency = _check_integer("frequency", frequency)
+    if begin_step < 0:
+        raise ValueError(f"begin_step must be >= 0, got {begin_step}")
+    if end_step == -1 and not allow_forever:
+        raise ValueError("end_step cannot be -1 here: polynomial_decay needs an end to decay to")
+    if end_step != -1 and end_step < begin_step:
+        raise ValueError(f"end_step must be >= begin_step ({begin_step})"
+                         f"{' or -1 (prune forever)' if allow_forever else ''}, got {end_step}")
+    if frequency <= 0:
+        raise ValueError(f"frequency must be an integer >= 1, got {frequency}")
+    return begin_step, end_step, frequency
+
+
+def _should_prune(step: int, begin_step: int, end_step: int, frequency: int) -> bool:
+    """tfmot's rule: ``begin <= step <= end`` (any ``step >= begin`` if ``end == -1``) and
+    ``(step - begin) % frequency == 0``."""
+    in_range = step >= begin_step and (end_step < 0 or step <= end_step)
+    return in_range and (step - begin_step) % frequency == 0
+
+
+def constant_sparsity(step: int, target_sparsity: float, begin_step: int = 0,
+                      end_step: int = -1, frequency: int = 100) -> tuple:
+    """A constant sparsity on the steps ``begin_step, begin_step + frequency, ...``.
+
+    As TensorFlow Model Optimization's ``ConstantSparsity``: at step ``t`` pruning happens
+    if ``begin_step <= t <= end_step`` (every ``t >= begin_step`` when ``end_step == -1``,
+    the default: prune to the end of training) and ``(t - begin_step) % frequency == 0``;
+    the sparsity is always ``target_sparsity``. Pass it to ``prune_gradually`` as a
+    function of the step alone, e.g. ``lambda t: constant_sparsity(t, 0.8, frequency=10)``.
+
+    Args:
+        step: the training step ``t``, an integer (the number of optimizer updates so far).
+        target_sparsity: the fraction of eligible weights to prune, in ``[0, 1)``.
+        begin_step: the first pruning step, an integer >= 0.
+        end_step: the last step that may prune, an integer >= ``begin_step``, or ``-1``.
+        frequency: prune every ``frequency`` steps, an integer >= 1.
+
+    Returns:
+        ``(should_prune, sparsity)``: a ``bool`` and a ``float``.
+
+    Raises:
+        ValueError: ``target_sparsity`` outside ``[0, 1)``, ``begin_step < 0``, ``end_step``
+            before ``begin_step`` (and not ``-1``), or ``frequency < 1``.
+        TypeError: a step, ``end_step`` or ``frequency`` that is not an integer.
+    """
+    step = _check_integer("step", step)
+    target_sparsity = check_sparsity(target_sparsity)
+    begin_step, end_step, frequency = _check_steps(begin_step, end_step, frequency, True)
+    return _should_prune(step, begin_step, end_step, frequency), target_sparsity
+
+
+def polynomial_decay(step: int, initial_sparsity: float, final_sparsity: float,
+                     begin_step: int, end_step: int, frequency: int = 100,
+                     power: float = 3) -> tuple:
+    """Zhu & Gupta's (2017) gradual schedule: fast pruning at first, slower near the end.
+
+    ``s_t = s_f + (s_i - s_f) (1 - p)^power`` with ``p = clip((t - t_0) / (t_end - t_0),
+    0, 1)``: ``s_i`` up to ``begin_step`` ``t_0``, ``s_f`` from ``end_step`` ``t_end`` on.
+    Zhu & Gupta write ``t_end = t_0 + n Δt`` with ``Δt`` the ``frequency``. As in
+    TensorFlow Model Optimization's ``PolynomialDecay``, pruning happens at step ``t`` if
+    ``t_0 <= t <= t_end`` and ``(t - t_0) % frequency == 0``. So the final sparsity is
+    applied only when ``t_end - t_0`` is a multiple of ``frequency``; otherwise the last
+    pruning step is earlier and prunes less (tfmot behaves the same way). With
+    ``t_end == t_0`` the schedule jumps to ``s_f`` at ``t_0`` (tfmot divides by zero).
+    tfmot's example ``polynomial_decay(t, 0.2, 0.8, 100, 110, frequency=2)`` gives
+    ``0.2, 0.4928, 0.725, 0.8`` at ``t = 100, 102, 105, 110``.
+
+    Unlike tfmot, a schedule that would make the network denser (``s_i > s_f``) is an
+    error: pruned weights stay pruned here.
+
+    Args:
+        step: the training step ``t``, an integer (the number of optimizer updates so far).
+        initial_sparsity: ``s_i``, in ``[0, 1)``.
+        final_sparsity: ``s_f``, in ``[s_i, 1)``.
+        begin_step: ``t_0``, an integer >= 0.
+        end_step: ``t_end``, an integer >= ``begin_step`` (``-1`` is not allowed).
+        frequency: ``Δt``, prune every ``frequency`` steps, an integer >= 1.
+        power: the exponent, a finite number > 0 (3 in Zhu & Gupta).
+
+    Returns:
+        ``(should_prune, sparsity)``: a ``bool`` and a ``float``.
+
+    Raises:
+        ValueError: a sparsity outside ``[0, 1)``, ``initial_sparsity > final_sparsity``,
+            ``begin_step < 0``, ``end_step < begin_step``, ``frequency < 1`` or
+            ``power`` not a finite number > 0.
+        TypeError: a step, ``end_step`` or ``frequency`` that is not an integer.
+    """
+    step = _check_integer("step", step)
+    initial = check_sparsity(initial_sparsity)
+    final = check_sparsity(final_sparsity)
+    if initial > final:
+        raise ValueError(f"initial_sparsity ({initial}) must not exceed final_sparsity "
+                         f"({final}): pruned weights are never restored")
+    power = check_positive("power", power)
+    begin_step, end_step, frequency = _check_steps(begin_step, end_step, frequency, False)
+    if end_step == begin_step:
+        progress = 1.0 if step >= begin_step else 0.0
+    else:
+        progress = min(1.0, max(0.0, (step - begin_step) / (end_step - begin_step)))
+    sparsity = final + (initial - final) * (1.0 - progress) ** power
+    return _should_prune(step, begin_step, end_step, frequency), sparsity
+
+
+def check_schedule(schedule, step: int) -> tuple:
+    """``schedule(step)`` checked: a ``(should_prune, sparsity)`` pair, sparsity in ``[0, 1)``.
+
+    Args:
+        schedule: a function of the step, e.g.
+            ``lambda t: polynomial_decay(t, 0.0, 0.9, 0, 100, frequency=10)``.
+        step: the step to evaluate it at, an integer.
+
+    Raises:
+        TypeError: ``schedule`` is not callable or does not return a pair.
+        ValueError: the schedule's own error for bad parameters, or a sparsity outside
+            ``[0, 1)``.
+    """
+    if not callable(schedule):
+        raise TypeError("schedule must be a function step -> (should_prune, sparsity), e.g. "
+                        f"lambda t: polynomial_decay(t, ...); got {type(schedule).__name__}")
+    value = schedule(step)
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise TypeError(f"schedule({step}) must return (should_prune, sparsity), got {value!r}")
+    return bool(value[0]), check_sparsity(value[1])
+
+
+def pruning_steps(schedule, steps: int) -> list:
+    """Where ``schedule`` prunes during ``steps`` training steps: ``[(t, sparsity), ...]``.
+
+    Evaluates ``schedule(t)`` for ``t = 0, ..., steps - 1`` (so a bad schedule raises here,
+    before any training) and keeps the steps whose ``should_prune`` is true.
+
+    Args:
+        schedule: a function ``step -> (should_prune, sparsity)``, e.g.
+            ``lambda t: polynomial_decay(t, 0.0, 0.9, 0, 100, frequency=10)``.
+        steps: the number of training steps, an integer >= 0.
+
+    Raises:
+        TypeError, ValueError: as in :func:`check_schedule`.
+    """
+    steps = _check_integer("steps", steps)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    check_schedule(schedule, 0)  # an invalid schedule fails even for a run of no steps
+    plan = []
+    for step in range(steps):
+        should_prune, sparsity = check_schedule(schedule, step)
+        if should_prune:
+            plan.append((step, sparsity))
+    return plan
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def grow_masks(scores, masks, eligible, sparsity: float, scope: str) -> list:
+    """The masks of one pruning step: earlier prunes kept, the lowest scores pruned next.
+
+    In each group of eligible tensors (all of them together for ``scope="global"``, each
+    alone for ``"layer"``) of ``n`` entries, ``k = round(sparsity * n)`` entries end up
+    pruned: first every entry that ``masks`` already prunes (whatever its score), then the
+    lowest-scoring of the others, ties broken by position (tensor order, then row-major
+    canonical index) as in :func:`companion.common.lowest_score_masks`. This is tfmot's
+    rule, where pruned weights are zero and so rank lowest by magnitude, made exact for
+    every criterion: masks only grow. If ``k`` is smaller than the number already pruned
+    (a schedule whose sparsity fell), nothing more is pruned and nothing is restored.
+
+    Args:
+        scores: canonical-layout arrays (or ``None`` where not ``eligible``); higher
+            means keep.
+        masks: the current 0/1 canonical masks (``None`` where not ``eligible``).
+        eligible: one ``bool`` per tensor: may it be pruned.
+        sparsity: the fraction of each group's entries to prune, in ``[0, 1)``.
+        scope: ``"global"`` or ``"layer"``.
+
+    Raises:
+        ValueError: an eligible tensor without a score or a mask, a sparsity outside
+            ``[0, 1)``, an unknown scope, or a non-finite score of an entry not yet pruned.
+    """
+    sparsity = check_sparsity(sparsity)
+    check_choice("scope", scope, SCOPES)
+    chosen = [i for i, ok in enumerate(eligible) if ok]
+    for i in chosen:
+        if scores[i] is None or masks[i] is None:
+            raise ValueError(f"parameter {i} is pruned, so it needs a score and a mask, "
+                             "got None")
+    groups = [chosen] if scope == "global" else [[i] for i in chosen]
+    new = [None] * len(scores)
+    for group in groups:
+        if not group:
+            continue
+        flat = np.concatenate([np.ravel(scores[i]).astype(np.float64) for i in group])
+        kept = np.concatenate([np.ravel(masks[i]) != 0 for i in group])
+        if not np.all(np.isfinite(flat[kept])):
+            raise ValueError("scores contain nan or inf")
+        flat = np.where(kept, flat, 0.0)  # pruned entries come first whatever their score
+        order = np.lexsort((np.arange(flat.size), flat, kept))
+        count = max(round(sparsity * flat.size), int(np.sum(~kept)))
+        keep = np.ones(flat.size, dtype=bool)
+        keep[order[:count]] = False
+        offsets = np.cumsum([0] + [np.size(scores[i]) for i in group])
+        for i, start, stop in zip(group, offsets[:-1], offsets[1:]):
+            new[i] = keep[start:stop].reshape(np.shape(scores[i])).astype(np.float32)
+    return new
+
+
+def criterion_function(criterion, lookup, x=None, y=None, loss: str = "cross_entropy",
+                       seed: int = 0):
+    """``criterion`` as a function ``(model, step) -> scores`` for gradual pruning.
+
+    * ``"magnitude"``: ``magnitude_scores(model)``;
+    * ``"random"``: ``random_scores(model, seed + step)``, a new draw at each step;
+    * ``"gradient"``, ``"snip"``, ``"taylor"``, ``"obd"``: ``<name>_scores(model, x, y,
+      loss=loss)`` on the data ``(x, y)``, with each function's defaults (``obd_scores``:
+      the exact Hessian diagonal);
+    * a function ``model -> scores`` (e.g. ``lambda m: ct.obd_scores(m, x, y,
+      method="fisher")``) is called as it is.
+
+    Args:
+        criterion: one of the names above, or a function ``model -> scores``.
+        lookup: a back end's ``name -> <name>_scores`` function (called at pruning time,
+            so a back end may load ``obd_scores`` lazily).
+        x: inputs for the data-based criteria.
+        y: labels or targets for the data-based criteria.
+        loss: ``"cross_entropy"`` or ``"mse"``, for the data-based criteria.
+        seed: the base seed of ``"random"``.
+
+    Raises:
+        ValueError: an unknown criterion name or loss, or a data-based criterion without
+            data (or with bad data).
+        TypeError: ``criterion`` is neither a name nor callable.
+    """
+    if callable(criterion):
+        return lambda model, step: criterion(model)
+    if not isinstance(criterion, str):
+        raise TypeError("criterion must be a name (" + ", ".join(map(repr, CRITERIA)) +
+                        f") or a function model -> scores, got {type(criterion).__name__}")
+    check_choice("criterion", criterion, CRITERIA)
+    check_choice("loss", loss, LOSSES)
+    if criterion == "magnitude":
+        return lambda model, step: lookup("magnitude")(model)
+    if criterion == "random":
+        return lambda model, step: lookup("random")(model, int(seed) + step)
+    if x is None or y is None:
+        raise ValueError(f"criterion {criterion!r} scores weights on data: pass x and y")
+    x, y = check_data(x, y, loss)
+    return lambda model, step: lookup(criterion)(model, x, y, loss=loss)
+
+
+@dataclass
+class GradualPruningResult:
+    """What ``prune_gradually`` returns.
+
+    Attributes:
+        history: the :class:`~companion.common.History` of the training steps.
+        masks: the final 0/1 masks, aligned with the trainable parameters (``None`` for
+            a parameter that is not pruned), in the back end's own layout.
+        steps: the steps at which pruning happened (before that step's update).
+        sparsities: the schedule's target sparsity at each of those steps.
+        pruned: the fraction of eligible weights pruned after each of those steps.
+    """
+
+    history: History
+    masks: list
+    steps: list = field(default_factory=list)
+    sparsities: list = field(default_factory=list)
+    pruned: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{'step':>8}{'target':>10}{'pruned':>10}"]
+        for step, target, pruned in zip(self.steps, self.sparsities, self.pruned):
+            lines.append(f"{step:>8}{target:>10.2%}{pruned:>10.2%}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _index_width(value: int, at_least: int) -> int:
+    """The narrowest unsigned width of :data:`INDEX_BITS`, ``>= at_least``, holding ``value``."""
+    return next(bits for bits in INDEX_BITS if bits >= at_least and value < 2**bits)
+
+
+@dataclass(frozen=True)
+class CompressedRow:
+    """One parameter in :class:`CompressedSize`: its bytes stored dense and sparse.
+
+    Attributes:
+        name: the parameter's name.
+        shape: its canonical shape.
+        nonzeros: its number of non-zero entries.
+        dense_bytes: ``size * itemsize``.
+        value_bytes: ``nonzeros * itemsize`` (CSR), or ``dense_bytes`` for a tensor of
+            fewer than two dimensions, which is stored dense.
+        index_bytes: the CSR column indices, ``nonzeros * index_bits / 8`` (0 if dense).
+        pointer_bytes: the CSR row pointers, ``(rows + 1) * pointer_bits / 8`` (0 if dense).
+        pointer_bits: the width of the row pointers (0 if dense).
+    """
+
+    name: str
+    shape: tuple
+    nonzeros: int
+    dense_bytes: int
+    value_bytes: int
+    index_bytes: int
+    pointer_bytes: int
+    pointer_bits: int
+
+    @property
+    def sparse_bytes(self) -> int:
+        """``value_bytes + index_bytes + pointer_bytes``."""
+        return self.value_bytes + self.index_bytes + self.pointer_bytes
+
+
+def csr_bytes(name: str, array, index_bits: int) -> CompressedRow:
+    """The bytes of ``array`` stored dense and in compressed sparse row (CSR) form.
+
+    A tensor of two or more dimensions, canonical shape ``(out, in, k...)``, is the matrix
+    of ``rows = out`` rows and ``cols = in * k...`` columns. CSR stores its ``nnz`` non-zero
+    values (the array's own dtype), one column index per value (``index_bits`` wide,
+    unsigned) and ``rows + 1`` row pointers, the offsets ``0 .. nnz`` of each row's first
+    value. Row pointers are ``index_bits`` wide too unless ``nnz`` needs more; then they
+    take the narrowest of 8/16/32/64 bits that holds ``nnz``. So::
+
+        sparse = nnz * itemsize + nnz * index_bits / 8 + (rows + 1) * pointer_bits / 8
+
+    the ``data``, ``indices`` and ``indptr`` of ``scipy.sparse.csr_matrix`` with those
+    dtypes. Biases and other tensors of fewer than two dimensions are stored dense (they
+    are small, and a sparse vector would need an index per value as well).
+
+    Args:
+        name: the parameter's name, for the record and error messages.
+        array: the canonical-layout array.
+        index_bits: the width of a column index: 8, 16, 32 or 64.
+
+    Raises:
+        ValueError: ``index_bits`` not one of 8, 16, 32, 64, or too narrow to address the
+            matrix's columns (``cols > 2**index_bits``); the message names the width
+            needed.
+    """
+    check_choice("index_bits", index_bits, INDEX_BITS)
+    array = np.asarray(array)
+    itemsize = array.dtype.itemsize
+    dense = array.size * itemsize
+    nonzeros = int(np.count_nonzero(array))
+    if array.ndim < 2:
+        return CompressedRow(name, array.shape, nonzeros, dense, dense, 0, 0, 0)
+    rows = array.shape[0]
+    cols = array.size // rows if rows else 0
+    if cols > 2**index_bits:
+        raise ValueError(f"{name} has {cols} columns: {index_bits}-bit column indices "
+                         f"address at most {2**index_bits}; use index_bits="
+                         f"{_index_width(cols - 1, 8)} or more")
+    pointer_bits = _index_width(nonzeros, int(index_bits))
+    return CompressedRow(name, array.shape, nonzeros, dense, nonzeros * itemsize,
+                         nonzeros * index_bits // 8, (rows + 1) * pointer_bits // 8,
+                         pointer_bits)
+
+
+@dataclass(frozen=True)
+class CompressedSize:
+    """The bytes of a model's weights stored dense and sparse (CSR), from ``compressed_size``.
+
+    ``str(record)`` is a table a notebook can print; ``ratio`` is ``dense / sparse``, how
+    many times smaller the sparse form is (below 1 it is larger: CSR pays an index per
+    value and only wins above some sparsity, e.g. 50 % for float32 values with 32-bit
+    indices).
+
+    Attributes:
+        rows: one :class:`CompressedRow` per trainable parameter.
+        index_bits: the width of a column index.
+    """
+
+    rows: tuple
+    index_bits: int
+
+    @classmethod
+    def from_arrays(cls, names, arrays, index_bits: int = 32) -> "CompressedSize":
+        """The record of canonical-layout ``arrays`` named ``names`` (see :func:`csr_bytes`)."""
+        check_choice("index_bits", index_bits, INDEX_BITS)
+        return cls(tuple(csr_bytes(name, array, index_bits)
+                         for name, array in zip(names, arrays)), int(index_bits))
+
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes of every parameter stored dense."""
+        return sum(r.dense_bytes for r in self.rows)
+
+    @property
+    def sparse_bytes(self) -> int:
+        """Bytes with every tensor of two or more dimensions in CSR, the others dense."""
+        return sum(r.sparse_bytes for r in self.rows)
+
+    @property
+    def ratio(self) -> float:
+        """``dense_bytes / sparse_bytes`` (``inf`` for a model with no bytes to store)."""
+        return self.dense_bytes / self.sparse_bytes if self.sparse_bytes else math.inf
+
+    def __str__(self) -> str:
+        lines = [f"{'parameter':<16}{'shape':>10}{'nonzeros':>10}{'dense':>10}{'sparse':>10}"]
+        for r in self.rows:
+            shape = "x".join(map(str, r.shape))
+            lines.append(f"{r.name:<16}{shape:>10}{r.nonzeros:>10}{r.dense_bytes:>10}"
+                         f"{r.sparse_bytes:>10}")
+        lines.append(f"{'total':<16}{'':>10}{sum(r.nonzeros for r in self.rows):>10}"
+                     f"{self.dense_bytes:>10}{self.sparse_bytes:>10}")
+        lines.append(f"dense / sparse = {self.ratio:.2f} (CSR, {self.index_bits}-bit column "
+                     "indices)")
+        return "\n".join(lines)

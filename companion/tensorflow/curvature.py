@@ -1,0 +1,495 @@
+"""Curvature of the loss and second-order pruning, TensorFlow (Keras 3) back end.
+
+Every quantity is about the mean loss ``L(θ)`` of :func:`loss_value` on ``(x, y)``, in the
+model's dtype: a model built while ``keras.config.set_dtype_policy("float64")`` is in force
+gives float64 results (``set_floatx`` alone is not enough once Keras has cached its default
+policy, which it does when the first layer is built). Hessian-vector products ``H v`` come
+from nested ``tf.GradientTape``\\ s (reverse-over-reverse), so the Hessian
+``H = d²L/dθ²`` is never formed unless asked for (:func:`hessian`). Per-sample gradients,
+for the empirical Fisher, are the rows of the Jacobian of the per-example losses
+(``GradientTape.jacobian``, vectorised by ``pfor``): one call per chunk of examples, no loop
+over examples. The compiled functions are made once per model.
+
+Vectors in the canonical flattening order (parameters in order, each flattened row-major in
+the canonical layout, i.e. Keras kernels transposed to ``(out, in, ...)``) connect the two
+back ends: :mod:`companion.second_order` draws the random probes in that order and does the
+framework-neutral NumPy work, so ``companion.torch`` gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from ..common import (LOSSES, check_choice, check_data, check_matching_shapes, check_positive,
+                      check_positive_int, check_sparsity)
+from ..second_order import (check_hessian_size, check_method, check_obs_memory, check_seed,
+                            fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
+                            power_iteration)
+from .models import (_kernel_permutation, from_canonical, get_weights, parameter_names,
+                     set_weights, trainable_parameters)
+from .runtime import as_tensor
+from .training import _mean_loss
+
+__all__ = ["hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
+           "obd_scores", "obs_prune"]
+
+# Rows of the Hessian computed per Jacobian call: at most this many bytes at once.
+_ROW_CHUNK_BYTES = 2**25
+_ZERO = tf.UnconnectedGradients.ZERO
+
+# One compiled function per (model, kind, loss, ...), so repeated calls do not retrace.
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _compiled(model, key, make):
+    per_model = _COMPILED.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = make()
+    return per_model[key]
+
+
+def _data(model, x, y, loss: str):
+    """Check ``loss`` and ``(x, y)``; return them as tensors like the variables."""
+    check_choice("loss", loss, LOSSES)
+    x, y = check_data(x, y, loss)
+    like = trainable_parameters(model)[0]
+    return as_tensor(x, like), as_tensor(y, like)
+
+
+def _canonical_order(model, selected=None) -> np.ndarray:
+    """``order[c]``: the position, in the variables' own (Keras) flattening, of the entry
+    at position ``c`` of the canonical flattening (kernels transposed to ``(out, in, k...)``).
+
+    Over the variables ``selected`` (indices, default all), concatenated in order.
+    """
+    variables = trainable_parameters(model)
+    selected = range(len(variables)) if selected is None else selected
+    parts, offset = [], 0
+    for i in selected:
+        shape = tuple(variables[i].shape)
+        native = np.arange(offset, offset + int(np.prod(shape, dtype=np.int64))).reshape(shape)
+        perm = _kernel_permutation(variables[i], len(shape))
+        parts.append((native if perm is None else native.transpose(perm)).ravel())
+        offset += native.size
+    return np.concatenate(parts)
+
+
+def _flatten(tensors, order: np.ndarray) -> np.ndarray:
+    """Tensors in Keras' layout as one float64 vector in the canonical flattening order."""
+    native = np.concatenate([np.asarray(t, np.float64).ravel() for t in tensors])
+    return native[order]
+
+
+def _unflatten(model, flat, order: np.ndarray) -> list:
+    """A vector in the canonical flattening order as tensors aligned with the variables."""
+    variables = trainable_parameters(model)
+    native = np.empty(len(order))
+    native[order] = flat
+    sizes = np.cumsum([0] + [int(np.prod(v.shape, dtype=np.int64)) for v in variables])
+    return [tf.constant(native[a:b].reshape(tuple(v.shape)), dtype=v.dtype)
+            for v, a, b in zip(variables, sizes[:-1], sizes[1:])]
+
+
+def _hvp_function(model, loss: str):
+    """A ``tf.function`` ``(x, y, vectors) -> H v`` (nested tapes), made once per model."""
+    variables = trainable_parameters(model)
+
+    def make():
+        @tf.function(reduce_retracing=True)
+        def hessian_vector_product(x, y, vectors):
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    value = _mean_loss(model(x), y, loss)
+                grads = inner.gradient(value, variables, unconnected_gradients=_ZERO)
+            return outer.gradient(grads, variables, output_gradients=vectors,
+                                  unconnected_gradients=_ZERO)
+
+        return hessian_vector_product
+
+    return _compiled(model, ("hvp", loss), make)
+
+
+def _vectors(model, vectors) -> list:
+    """``vectors`` checked against the variables and converted to their dtype."""
+    variables = trainable_parameters(model)
+    vectors = [v if v is None or hasattr(v, "shape") else np.asarray(v) for v in vectors]
+    vectors = check_matching_shapes(parameter_names(model), variables, vectors, "vector")
+    if any(v is None for v in vectors):
+        raise ValueError("hvp needs a vector entry for every parameter, got None")
+    return [tf.cast(tf.convert_to_tensor(vector), variable.dtype)
+            for vector, variable in zip(vectors, variables)]
+
+
+def hvp(model, x, y, vectors, loss: str = "cross_entropy") -> list:
+    """The Hessian-vector product ``H v`` of the mean loss, without forming ``H``.
+
+    ``H v = d/dθ (g(θ) . v)`` with ``g = dL/dθ``: an inner ``tf.GradientTape`` computes the
+    gradient, an outer one differentiates ``g . v`` again (reverse-over-reverse), at about
+    twice the cost of a gradient.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
+        vectors: ``v``, one tensor or array per trainable variable, in order, each of its
+            variable's shape (Keras' layout, like the gradients).
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Returns:
+        ``H v`` as tensors aligned with the variables.
+
+    Raises:
+        ValueError: an unknown loss, bad ``(x, y)`` (see :func:`loss_value`), or vectors
+            not aligned with the variables, of the wrong shape or ``None``.
+    """
+    vectors = _vectors(model, vectors)
+    x, y = _data(model, x, y, loss)
+    return list(_hvp_function(model, loss)(x, y, vectors))
+
+
+def _hvp_operator(model, x, y, loss: str):
+    """``v -> H v`` on float64 vectors in the canonical flattening order."""
+    function = _hvp_function(model, loss)
+    order = _canonical_order(model)
+    return lambda v: _flatten(function(x, y, _unflatten(model, v, order)), order)
+
+
+def _rows_function(model, loss: str):
+    """A ``tf.function`` ``(x, y, rows) -> H[rows, :]`` in Keras' flattening (both axes)."""
+    variables = trainable_parameters(model)
+
+    def make():
+        @tf.function(reduce_retracing=True)
+        def hessian_rows(x, y, rows):
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    value = _mean_loss(model(x), y, loss)
+                grads = inner.gradient(value, variables, unconnected_gradients=_ZERO)
+                flat = tf.gather(tf.concat([tf.reshape(g, [-1]) for g in grads], 0), rows)
+            # A while loop over the rows, not pfor: pfor cannot vectorise the second
+            # derivative of a recurrent layer's while loop (SimpleRNN), and for the small
+            # models a dense Hessian is for, the loop costs little.
+            jacobian = outer.jacobian(flat, variables, unconnected_gradients=_ZERO,
+                                      experimental_use_pfor=False)
+            return tf.concat([tf.reshape(j, [tf.shape(rows)[0], -1]) for j in jacobian], 1)
+
+        return hessian_rows
+
+    return _compiled(model, ("rows", loss), make)
+
+
+def _hessian_rows(model, x, y, loss: str, rows):
+    """Yield ``(rows_chunk, H[rows_chunk, :])`` (NumPy, canonical order) chunk by chunk.
+
+    Each chunk is one Jacobian of the gradient, a compiled loop of ``H e_q`` for every ``q``
+    of the chunk: one Hessian-vector product per row.
+    """
+    order = _canonical_order(model)
+    n = len(order)
+    itemsize = np.dtype(trainable_parameters(model)[0].dtype).itemsize
+    chunk = max(1, _ROW_CHUNK_BYTES // (n * itemsize))
+    function = _rows_function(model, loss)
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        block = function(x, y, tf.constant(order[part], tf.int64)).numpy()
+        yield part, block[:, order]
+
+
+def _parameter_count(model) -> int:
+    return sum(int(np.prod(v.shape, dtype=np.int64)) for v in trainable_parameters(model))
+
+
+def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) -> np.ndarray:
+    """The dense Hessian ``H_jk = d²L / dθ_j dθ_k`` of the mean loss, for small models.
+
+    Rows and columns follow the canonical flattening order: the variables in order, each
+    flattened row-major in the canonical layout (kernels as ``(out, in, ...)``), so both
+    back ends return the same matrix. Row ``q`` is the Hessian-vector product ``H e_q``;
+    rows are computed as Jacobians of the gradient, at most 32 MiB at a time.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        max_bytes: the most memory the matrix may take (default 256 MiB, about 8,000
+            float32 parameters); a larger Hessian is refused before any work.
+
+    Returns:
+        an ``(n, n)`` NumPy array in the variables' dtype, ``n`` the number of parameters.
+
+    Raises:
+        ValueError: the Hessian would take more than ``max_bytes`` (the message gives its
+            size), ``max_bytes`` not a number > 0, an unknown loss or bad ``(x, y)``.
+    """
+    n = _parameter_count(model)
+    check_hessian_size(n, np.dtype(trainable_parameters(model)[0].dtype).itemsize, max_bytes)
+    x, y = _data(model, x, y, loss)
+    return np.concatenate([block for _, block in _hessian_rows(model, x, y, loss,
+                                                                np.arange(n))])
+
+
+def _example_losses(output: tf.Tensor, target: tf.Tensor, loss: str) -> tf.Tensor:
+    """Each example's own loss (its term of :func:`loss_value`'s mean), a vector."""
+    if loss == "cross_entropy":
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(target, output)
+    squared = tf.square(output - tf.reshape(target, tf.shape(output)))
+    return tf.reduce_mean(tf.reshape(squared, [tf.shape(output)[0], -1]), axis=1)
+
+
+def _per_sample_function(model, loss: str, selected: tuple):
+    """A ``tf.function`` ``(x, y) -> (k, n_selected)`` per-sample gradients, Keras order."""
+    variables = [trainable_parameters(model)[i] for i in selected]
+
+    def make():
+        @tf.function(reduce_retracing=True)
+        def per_sample_gradients(x, y):
+            with tf.GradientTape() as tape:
+                losses = _example_losses(model(x), y, loss)
+            jacobian = tape.jacobian(losses, variables, unconnected_gradients=_ZERO)
+            return tf.concat([tf.reshape(j, [tf.shape(x)[0], -1]) for j in jacobian], 1)
+
+        return per_sample_gradients
+
+    return _compiled(model, ("per_sample", loss, selected), make)
+
+
+def _per_sample_gradients(model, x, y, loss: str, batch_size: int, selected):
+    """Yield per-sample gradients of the variables ``selected`` (indices), as NumPy arrays
+    ``(k, n_selected)`` in the canonical flattening order, ``batch_size`` examples at a time.
+
+    Row ``i`` is the gradient of example ``i``'s own loss (its term of the mean), computed
+    for a whole chunk at once as the Jacobian of the per-example losses.
+    """
+    selected = tuple(selected)
+    order = _canonical_order(model, selected)
+    function = _per_sample_function(model, loss, selected)
+    for start in range(0, int(x.shape[0]), batch_size):
+        yield function(x[start:start + batch_size], y[start:start + batch_size]).numpy()[
+            :, order]
+
+
+def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, seed: int = 0,
+                     loss: str = "cross_entropy", batch_size: int = 256) -> list:
+    """The diagonal ``H_qq`` of the Hessian of the mean loss, exactly or estimated.
+
+    * ``"exact"``: ``H_qq = (H e_q)_q``, one Hessian-vector product per parameter (in a
+      compiled loop); exact but ``n`` products, so for small models.
+    * ``"hutchinson"``: ``(1/S) sum_s v_s * (H v_s)`` over ``S = samples`` Rademacher probes
+      (Bekas et al. 2007), unbiased with variance ``(1/S) sum_{j != q} H_qj^2``. The probes
+      are drawn in NumPy from ``seed`` in the canonical order
+      (:func:`companion.second_order.rademacher_probes`), the same in both back ends.
+    * ``"fisher"``: the empirical Fisher diagonal ``(1/N) sum_i g_i^2`` over the ``N``
+      examples, ``g_i`` the gradient of example ``i``'s loss: never negative, equal to the
+      Hessian's Gauss-Newton part only where the model fits (for cross-entropy it
+      approximates the Fisher, not ``H``). Per-sample gradients are vectorised (a batch
+      Jacobian), ``batch_size`` examples at a time.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
+        method: ``"exact"``, ``"hutchinson"`` or ``"fisher"``.
+        samples: the number of probes for ``"hutchinson"``, an integer >= 1.
+        seed: seed of the probes, an integer >= 0.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        batch_size: examples per vectorised chunk for ``"fisher"`` (bounds memory only).
+
+    Returns:
+        tensors aligned with the variables, each of its variable's shape.
+
+    Raises:
+        ValueError: an unknown method or loss, ``samples`` or ``batch_size`` not an integer
+            >= 1, ``seed`` not an integer >= 0, or bad ``(x, y)``.
+    """
+    check_method(method)
+    samples = check_positive_int("samples", samples)
+    seed = check_seed(seed)
+    batch_size = check_positive_int("batch_size", batch_size)
+    x, y = _data(model, x, y, loss)
+    n = _parameter_count(model)
+    if method == "exact":
+        diagonal = np.zeros(n)
+        for rows, block in _hessian_rows(model, x, y, loss, np.arange(n)):
+            diagonal[rows] = block[np.arange(len(rows)), rows]
+    elif method == "hutchinson":
+        diagonal = hutchinson_diagonal(_hvp_operator(model, x, y, loss), n, samples, seed)
+    else:
+        selected = range(len(trainable_parameters(model)))
+        diagonal = fisher_diagonal(_per_sample_gradients(model, x, y, loss, batch_size,
+                                                         selected), n, int(x.shape[0]))
+    return _unflatten(model, diagonal, _canonical_order(model))
+
+
+def hutchinson_trace(model, x, y, samples: int = 100, seed: int = 0,
+                     loss: str = "cross_entropy") -> float:
+    """Hutchinson's estimate of ``tr(H) ~ (1/S) sum_s v_s^T H v_s`` (Hutchinson 1989).
+
+    Rademacher probes ``v_s`` drawn in NumPy from ``seed`` (the same in both back ends);
+    unbiased, with variance ``(2/S) sum_{j != k} H_jk^2``. It is the sum of
+    ``hessian_diagonal(..., method="hutchinson")`` with the same probes.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
+        samples: the number of probes ``S``, an integer >= 1.
+        seed: seed of the probes, an integer >= 0.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+
+    Raises:
+        ValueError: ``samples`` not an integer >= 1, ``seed`` not an integer >= 0, an
+            unknown loss or bad ``(x, y)``.
+    """
+    samples = check_positive_int("samples", samples)
+    seed = check_seed(seed)
+    x, y = _data(model, x, y, loss)
+    operator = _hvp_operator(model, x, y, loss)
+    return float(np.sum(hutchinson_diagonal(operator, _parameter_count(model), samples, seed)))
+
+
+def top_eigenvalue(model, x, y, iterations: int = 100, tol: float = 1e-6, seed: int = 0,
+                   loss: str = "cross_entropy", return_vector: bool = False):
+    """The Hessian's dominant eigenvalue (largest ``|lambda|``) by power iteration.
+
+    ``w = H v``, ``lambda = v^T w``, ``v = w / ||w||`` with Hessian-vector products, from a
+    standard normal start drawn in NumPy from ``seed`` (the same in both back ends), until
+    ``lambda`` changes by at most ``tol`` relatively, or ``iterations`` products
+    (:func:`companion.second_order.power_iteration`). Near a minimum the dominant
+    eigenvalue is the largest one, the sharpness ``lambda_max``; gradient descent with a
+    learning rate above ``2 / lambda_max`` diverges along its eigenvector.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
+        iterations: the most Hessian-vector products, an integer >= 1.
+        tol: relative change of ``lambda`` at which to stop, a finite number > 0.
+        seed: seed of the starting vector, an integer >= 0.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        return_vector: also return the unit eigenvector, as tensors aligned with the
+            variables.
+
+    Returns:
+        ``lambda`` as a float, or ``(lambda, vector)`` if ``return_vector``.
+
+    Raises:
+        ValueError: ``iterations`` not an integer >= 1, ``tol`` not a finite number > 0,
+            ``seed`` not an integer >= 0, an unknown loss or bad ``(x, y)``.
+    """
+    iterations = check_positive_int("iterations", iterations)
+    tol = check_positive("tol", tol)
+    seed = check_seed(seed)
+    x, y = _data(model, x, y, loss)
+    eigenvalue, vector = power_iteration(_hvp_operator(model, x, y, loss),
+                                         _parameter_count(model), iterations, tol, seed)
+    if return_vector:
+        return eigenvalue, _unflatten(model, vector, _canonical_order(model))
+    return eigenvalue
+
+
+def obd_scores(model, x, y, method: str = "exact", samples: int = 100, seed: int = 0,
+               loss: str = "cross_entropy", batch_size: int = 256) -> list:
+    """Optimal Brain Damage saliency ``s_q = 1/2 H_qq w_q^2`` (LeCun et al. 1990).
+
+    The loss increase, to second order at a minimum and ignoring the Hessian's off-diagonal
+    terms, of setting ``w_q`` to zero alone. ``H_qq`` is :func:`hessian_diagonal` with
+    ``method`` (and ``samples``, ``seed``, ``batch_size``). The scores go to
+    :func:`masks_from_scores` or :func:`prune` like any other.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
+        method: ``"exact"``, ``"hutchinson"`` or ``"fisher"`` (see :func:`hessian_diagonal`).
+        samples: the number of probes for ``"hutchinson"``, an integer >= 1.
+        seed: seed of the probes, an integer >= 0.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        batch_size: examples per vectorised chunk for ``"fisher"`` (bounds memory only).
+
+    Returns:
+        score tensors aligned with the variables; higher means keep.
+
+    Raises:
+        ValueError: as in :func:`hessian_diagonal`.
+    """
+    diagonal = hessian_diagonal(model, x, y, method, samples, seed, loss, batch_size)
+    return [0.5 * d * tf.square(tf.convert_to_tensor(v))
+            for d, v in zip(diagonal, trainable_parameters(model))]
+
+
+def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: int = 128,
+              loss: str = "cross_entropy", batch_size: int = 256,
+              max_bytes: float = 2**30) -> list:
+    """One-shot Optimal Brain Surgeon pruning with a block-diagonal empirical Fisher.
+
+    OBS (Hassibi & Stork 1993) removes the weights whose removal costs least to second order
+    and moves the remaining weights to compensate. The Hessian is replaced by the damped
+    empirical Fisher ``F = damping I + (1/N) sum_i g_i g_i^T`` of the eligible weights
+    (variables with two or more dimensions, as in :func:`masks_from_scores`, flattened in
+    the canonical order), kept in diagonal blocks of ``block_size`` consecutive weights and
+    inverted by Woodbury updates starting from ``I / damping`` (WoodFisher, Singh & Alistarh
+    2020; see :func:`companion.second_order.woodbury_block_inverse`). Then:
+
+    1. every eligible weight gets the OBS saliency ``w_q^2 / (2 [F^-1]_qq)``, and the
+       ``round(sparsity * n)`` lowest over all eligible weights are pruned (global ranking,
+       ties broken by position, exactly as :func:`masks_from_scores`);
+    2. within each block, the exact multi-weight OBS update for the set ``Q`` pruned in that
+       block, ``dw = -F^-1[:, Q] (F^-1[Q, Q])^-1 w_Q``, is added to the block's weights
+       (:func:`companion.second_order.obs_update`; weights do not compensate across
+       blocks); pruned weights are then exactly zero.
+
+    The ranking uses single-weight saliencies (WoodFisher's choice), while the update
+    accounts for the correlations among the weights pruned together in a block. Biases are
+    neither pruned nor updated. Per-sample gradients are vectorised (a batch Jacobian),
+    ``batch_size`` examples at a time. The model is updated in place; every argument is
+    checked first, and on any error the model is unchanged.
+
+    Args:
+        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
+        sparsity: the fraction of eligible weights to remove, a number in ``[0, 1)``.
+        damping: ``lambda`` of ``F``, a finite number > 0; large values make the saliency
+            ``~ lambda w^2 / 2`` and the update ``~ 0``, i.e. magnitude pruning.
+        block_size: weights per diagonal block, an integer >= 1. Time grows about
+            linearly with it, memory as ``n * block_size``.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        batch_size: examples per vectorised chunk of per-sample gradients (memory only).
+        max_bytes: refuse (before any work) if the estimated working memory
+            (:func:`companion.second_order.check_obs_memory`) exceeds it; default 1 GiB.
+
+    Returns:
+        the masks, as :func:`masks_from_scores` gives them (a 0/1 tensor per weight, ``None``
+        for biases).
+
+    Raises:
+        ValueError: ``sparsity`` outside ``[0, 1)``, ``damping`` not a finite number > 0,
+            ``block_size`` or ``batch_size`` not an integer >= 1, a model without weight
+            matrices, too much memory needed, an unknown loss, bad ``(x, y)``, or non-finite
+            gradients. Nothing is changed.
+        TypeError: ``sparsity`` or ``damping`` not a number.
+    """
+    sparsity = check_sparsity(sparsity)
+    damping = check_positive("damping", damping)
+    block_size = check_positive_int("block_size", block_size)
+    batch_size = check_positive_int("batch_size", batch_size)
+    x, y = _data(model, x, y, loss)
+    variables = trainable_parameters(model)
+    eligible = [len(v.shape) >= 2 for v in variables]
+    if not any(eligible):
+        raise ValueError("obs_prune needs parameters with two or more dimensions (weight "
+                         "matrices); the model has none")
+    n = sum(int(np.prod(v.shape, dtype=np.int64)) for v, ok in zip(variables, eligible) if ok)
+    count = int(x.shape[0])
+    check_obs_memory(n, block_size, min(batch_size, count), max_bytes)
+    chunks = _per_sample_gradients(model, x, y, loss, batch_size,
+                                   [i for i, ok in enumerate(eligible) if ok])
+    weights, masks = obs_prune_arrays(get_weights(model), eligible, chunks, count, sparsity,
+                                      damping, block_size)
+    masks = from_canonical(model, masks)
+    set_weights(model, weights)
+    return masks
