@@ -391,7 +391,8 @@ def test_chapters_offer_their_notebook_and_no_outside_launch(book_html):
 
 
 # Framework-neutral modules whose public names the back ends re-export or use.
-NEUTRAL_MODULES = ("companion.common", "companion.schedules_common", "companion.second_order")
+NEUTRAL_MODULES = ("companion.common", "companion.schedules_common", "companion.second_order",
+                   "companion.experiments")
 
 
 def _public_names():
