@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+from urllib.parse import unquote, urldefrag, urlsplit
 
 import pytest
 import yaml

@@ -17,7 +17,6 @@ float32 parity check uses the house tolerance of tests/test_parity.py (rtol 1e-5
 the two frameworks order differently.
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,29 +26,12 @@ from torch.func import functional_call
 from companion import second_order
 from companion import tensorflow as ctf
 from companion import torch as ct
-from numpy_reference import assert_arrays_close, assert_weights_equal, is_torch
+from numpy_reference import (assert_arrays_close, assert_weights_equal, float64_mlp,
+                             is_torch)
 
 SIZES = [4, 6, 3]  # 4*6 + 6 + 6*3 + 3 = 51 parameters
 N_PARAMS = 51
 RTOL64, ATOL64 = 1e-10, 1e-12
-
-
-def float64_mlp(backend, sizes=SIZES, activation="tanh", seed=0):
-    """``backend.mlp`` in float64: ``.double()`` in PyTorch; Keras layers take the global
-    dtype policy when they are built. That policy is cached from ``floatx`` on first use,
-    so both are set, and both restored, or every later Keras model would be float64."""
-    if is_torch(backend):
-        return backend.mlp(sizes, activation=activation, seed=seed).double()
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        model = backend.mlp(sizes, activation=activation, seed=seed)
-    finally:
-        keras.config.set_floatx(floatx)
-        keras.config.set_dtype_policy(policy)
-    assert all(v.dtype == "float64" for v in backend.trainable_parameters(model))
-    return model
 
 
 def make_data(rng, n=20, loss="cross_entropy", sizes=SIZES):
@@ -117,7 +99,7 @@ def dense_hessian_oracle(backend, model, x, y, loss="cross_entropy") -> np.ndarr
 @pytest.fixture
 def small(backend, rng):
     """A float64 4-6-3 tanh MLP, 20 examples and the oracle Hessian (cross-entropy)."""
-    model = float64_mlp(backend)
+    model = float64_mlp(backend, SIZES)
     x, y = make_data(rng)
     return model, x, y, dense_hessian_oracle(backend, model, x, y)
 
@@ -132,7 +114,7 @@ def close(actual, desired):
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
 def test_hessian_matches_the_dense_oracle(backend, rng, loss):
-    model = float64_mlp(backend)
+    model = float64_mlp(backend, SIZES)
     x, y = make_data(rng, loss=loss)
     oracle = dense_hessian_oracle(backend, model, x, y, loss)
     hessian = backend.hessian(model, x, y, loss=loss)
@@ -180,7 +162,7 @@ def test_power_iteration_agrees_with_eigh(backend, small):
 def test_fisher_diagonal_matches_a_loop_over_examples(backend, rng):
     """(1/N) sum_i g_i^2 with g_i from `gradients` on one example at a time; chunks of 7
     examples (the last one partial) give the same as one chunk."""
-    model = float64_mlp(backend)
+    model = float64_mlp(backend, SIZES)
     for loss in ("cross_entropy", "mse"):
         x, y = make_data(rng, n=23, loss=loss)
         per_sample = np.stack([flat(backend, model, backend.gradients(
@@ -240,7 +222,7 @@ def test_probes_are_drawn_in_numpy_in_the_canonical_order(backend, small):
 
 def test_curvature_agrees_across_back_ends_in_float64(rng):
     """Same weights, same data, same probes: every quantity agrees to float64 rounding."""
-    torch_model, tf_model = float64_mlp(ct, seed=1), float64_mlp(ctf, seed=2)
+    torch_model, tf_model = float64_mlp(ct, SIZES, seed=1), float64_mlp(ctf, SIZES, seed=2)
     ctf.set_weights(tf_model, ct.get_weights(torch_model))
     x, y = make_data(rng)
     close(ctf.hessian(tf_model, x, y), ct.hessian(torch_model, x, y))
@@ -321,7 +303,7 @@ def test_recurrent_models_work_and_agree_across_back_ends(rng):
     (lambda b, m, x, y: b.hvp(m, x, y, [None] * 4), "every parameter, got None"),
 ])
 def test_bad_arguments_raise_before_anything_changes(backend, rng, call, error):
-    model = float64_mlp(backend)
+    model = float64_mlp(backend, SIZES)
     x, y = make_data(rng)
     before = backend.get_weights(model)
     with pytest.raises(ValueError, match=error):

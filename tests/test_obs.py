@@ -17,31 +17,15 @@ equal masks: saliencies that differ by float32 rounding could only swap two weig
 saliencies tie to 1e-7 at the threshold, which these fixed seeds do not have.
 """
 
-import keras
 import numpy as np
 import pytest
 
 from companion import second_order
 from companion import tensorflow as ctf
 from companion import torch as ct
-from numpy_reference import assert_arrays_close, assert_weights_equal, is_torch
+from numpy_reference import assert_arrays_close, assert_weights_equal, float64_mlp
 
 RTOL64, ATOL64 = 1e-9, 1e-12
-
-
-def float64_mlp(backend, sizes, activation="tanh", seed=0):
-    """``backend.mlp`` in float64 (see tests/test_curvature.py: Keras caches its dtype
-    policy from ``floatx`` on first use, so both are set and restored)."""
-    if is_torch(backend):
-        return backend.mlp(sizes, activation=activation, seed=seed).double()
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        return backend.mlp(sizes, activation=activation, seed=seed)
-    finally:
-        keras.config.set_floatx(floatx)
-        keras.config.set_dtype_policy(policy)
 
 
 def close(actual, desired, rtol=RTOL64, atol=ATOL64):
