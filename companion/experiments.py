@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from .common import check_sparsity
 
-__all__ = ["SweepResult", "score_pruners", "fine_tuner", "sparsity_sweep", "accuracy_table",
-           "plot_sparsity_curves"]
+__all__ = ["SweepResult", "score_pruners", "fine_tuner", "sparsity_sweep", "accuracies_at",
+           "accuracy_table", "plot_sparsity_curves"]
 
 _MARKERS = "osv^Dpx*"
 
@@ -118,6 +118,19 @@ def sparsity_sweep(backend, model, weights, pruners: dict, sparsities, x_test, y
 
 def _accuracy(backend, model, x, y) -> float:
     return backend.evaluate(model, x, y)["accuracy"]
+
+
+def accuracies_at(results: dict, criterion: str, sparsity: float,
+                  fine_tuned: bool = False) -> list:
+    """The accuracy of ``criterion`` at ``sparsity`` in every framework, in order.
+
+    Args:
+        results: ``{framework name: SweepResult}``.
+        criterion: a criterion of the sweeps.
+        sparsity: one of the sweeps' sparsities.
+        fine_tuned: after fine-tuning instead of one-shot.
+    """
+    return [result.at(criterion, sparsity, fine_tuned) for result in results.values()]
 
 
 def accuracy_table(results: dict, fine_tuned: bool = False) -> str:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from companion.experiments import SweepResult, accuracy_table, sparsity_sweep
+from companion.experiments import SweepResult, accuracies_at, accuracy_table, sparsity_sweep
 
 
 def test_sweep_matches_pruning_by_hand(backend):
@@ -52,3 +52,11 @@ def test_accuracy_table_layout():
         "                           50%    90%",
         "PyTorch     magnitude    0.610  0.200",
     ]
+
+
+def test_accuracies_at_lists_every_framework_in_order():
+    first = SweepResult((0.5, 0.9), {"SNIP": [0.5, 0.1]}, {"SNIP": [0.6, 0.3]})
+    second = SweepResult((0.5, 0.9), {"SNIP": [0.4, 0.2]}, {"SNIP": [0.7, 0.35]})
+    results = {"PyTorch": first, "TensorFlow": second}
+    assert accuracies_at(results, "SNIP", 0.9) == [0.1, 0.2]
+    assert accuracies_at(results, "SNIP", 0.5, fine_tuned=True) == [0.6, 0.7]
