@@ -123,6 +123,22 @@ def check_data(x, y, loss: str):
     return x, y
 
 
+def check_labels(y: np.ndarray, classes: int) -> None:
+    """Check that integer labels ``y`` name one of ``classes`` outputs: ``0 <= y < classes``.
+
+    Without it a label out of range is an ``IndexError`` in PyTorch, an
+    ``InvalidArgumentError`` in TensorFlow on the CPU, and a silent ``nan`` loss in
+    TensorFlow on a GPU.
+
+    Raises:
+        ValueError: a label below 0 or at least ``classes``.
+    """
+    low, high = int(np.min(y)), int(np.max(y))
+    if low < 0 or high >= classes:
+        raise ValueError(f"class labels must be in [0, {classes}) for a model with {classes} "
+                         f"outputs, got labels from {low} to {high}")
+
+
 def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, monitor):
     """Validate ``train``'s arguments (both back ends); return ``x, y`` as arrays."""
     check_positive_int("epochs", epochs)

@@ -419,6 +419,23 @@ def test_train_bad_data_changes_nothing(backend, rng):
         backend.train(model, x, np.eye(2)[y].astype(np.int64), **_train_kwargs())
     with pytest.raises(ValueError, match="empty"):
         backend.train(model, x[:0], y[:0], **_train_kwargs())
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\) for a model with 2 outputs"):
+        backend.train(model, x, np.full_like(y, 2), **_train_kwargs())
+    with pytest.raises(ValueError, match="got labels from -1 to"):
+        backend.train(model, x, y - 1, **_train_kwargs())
+    assert_weights_equal(weights, backend.get_weights(model))
+
+
+def test_labels_out_of_range_are_named(backend, rng):
+    """Without the check PyTorch raises IndexError, TensorFlow InvalidArgumentError on the
+    CPU and returns nan on a GPU; every entry point gives one clear ValueError instead."""
+    model, weights, x, y = _small_problem(backend, rng, "cross_entropy")  # 2 outputs
+    bad = y.copy()
+    bad[0] = 2
+    for function in (backend.loss_value, backend.gradients, backend.input_gradients,
+                     backend.evaluate, backend.hessian_diagonal, backend.snip_scores):
+        with pytest.raises(ValueError, match=r"class labels must be in \[0, 2\)"):
+            function(model, x, bad)
     assert_weights_equal(weights, backend.get_weights(model))
 
 

@@ -12,8 +12,8 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from ..common import (LOSSES, Clip, History, NonFiniteError, check_choice, check_data,
-                      check_masks, check_positive_int, check_train_args, minibatches,
-                      nonfinite_message)
+                      check_labels, check_masks, check_positive_int, check_train_args,
+                      minibatches, nonfinite_message)
 from .clipping import clip_function
 from .diagnostics import total_norm
 from .models import parameter_names, trainable_parameters
@@ -29,6 +29,21 @@ def _mean_loss(output: tf.Tensor, target: tf.Tensor, loss: str) -> tf.Tensor:
     if loss == "cross_entropy":
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target, output))
     return tf.reduce_mean(tf.square(output - tf.reshape(target, tf.shape(output))))
+
+
+def check_model_data(model, x, y, loss: str):
+    """:func:`~companion.common.check_data`, and for ``"cross_entropy"`` that every label
+    names one of the model's outputs (``0 <= y < classes``, ``classes`` read from the
+    model's output on one example); returns ``x, y`` as arrays.
+
+    Raises:
+        ValueError: as :func:`~companion.common.check_data`, or a label out of range.
+    """
+    x, y = check_data(x, y, loss)
+    if loss == "cross_entropy":
+        output = model(as_tensor(x[:1], trainable_parameters(model)[0]), training=False)
+        check_labels(y, int(output.shape[-1]))
+    return x, y
 
 
 def loss_value(model, x, y, loss: str = "cross_entropy") -> tf.Tensor:
@@ -50,7 +65,7 @@ def loss_value(model, x, y, loss: str = "cross_entropy") -> tf.Tensor:
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
     """
     check_choice("loss", loss, LOSSES)
-    x, y = check_data(x, y, loss)
+    x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return _mean_loss(model(as_tensor(x, like)), as_tensor(y, like), loss)
 
@@ -91,7 +106,7 @@ def gradients(model, x, y, loss: str = "cross_entropy") -> list:
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
     """
     check_choice("loss", loss, LOSSES)
-    x, y = check_data(x, y, loss)
+    x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     _, _, grads, _ = _compiled_gradients(model, loss)(as_tensor(x, like), as_tensor(y, like))
     return list(grads)
@@ -115,7 +130,7 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
     """
     check_choice("loss", loss, LOSSES)
-    x, y = check_data(x, y, loss)
+    x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     inputs = as_tensor(x, like)
     with tf.GradientTape() as tape:
@@ -144,7 +159,7 @@ def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -
             ``batch_size`` that is not an integer >= 1.
     """
     check_choice("loss", loss, LOSSES)
-    x, y = check_data(x, y, loss)
+    x, y = check_model_data(model, x, y, loss)
     batch_size = check_positive_int("batch_size", batch_size)
     like = trainable_parameters(model)[0]
     total_loss, correct = 0.0, 0
@@ -228,6 +243,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     """
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
                             monitor)
+    x, y = check_model_data(model, x, y, loss)
     variables = trainable_parameters(model)
     names = parameter_names(model)
     # A Clip rule is made of TensorFlow ops and runs inside the compiled update; a function

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from ..common import (LOSSES, check_choice, check_data, check_matching_shapes, check_positive,
+from ..common import (LOSSES, check_choice, check_matching_shapes, check_positive,
                       check_positive_int, check_sparsity)
 from ..second_order import (check_hessian_size, check_method, check_obs_memory, check_seed,
                             fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
@@ -28,7 +28,7 @@ from ..second_order import (check_hessian_size, check_method, check_obs_memory, 
 from .models import (from_canonical, get_weights, parameter_names, set_weights,
                      trainable_parameters)
 from .runtime import as_tensor
-from .training import _mean_loss
+from .training import _mean_loss, check_model_data
 
 __all__ = ["hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
            "obd_scores", "obs_prune"]
@@ -40,7 +40,7 @@ _ROW_CHUNK_BYTES = 2**25
 def _data(model, x, y, loss: str):
     """Check ``loss`` and ``(x, y)``; return them as tensors like the parameters."""
     check_choice("loss", loss, LOSSES)
-    x, y = check_data(x, y, loss)
+    x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return as_tensor(x, like), as_tensor(y, like)
 

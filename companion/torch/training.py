@@ -9,14 +9,31 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..common import (LOSSES, History, NonFiniteError, check_choice, check_data, check_masks,
-                      check_positive_int, check_train_args, minibatches, nonfinite_message)
+from ..common import (LOSSES, History, NonFiniteError, check_choice, check_data, check_labels,
+                      check_masks, check_positive_int, check_train_args, minibatches,
+                      nonfinite_message)
 from .clipping import clip_function
 from .diagnostics import global_norm
 from .models import parameter_names, trainable_parameters
 from .runtime import as_tensor
 
 __all__ = ["loss_value", "gradients", "input_gradients", "evaluate", "train"]
+
+
+def check_model_data(model, x, y, loss: str):
+    """:func:`~companion.common.check_data`, and for ``"cross_entropy"`` that every label
+    names one of the model's outputs (``0 <= y < classes``, ``classes`` read from the
+    model's output on one example); returns ``x, y`` as arrays.
+
+    Raises:
+        ValueError: as :func:`~companion.common.check_data`, or a label out of range.
+    """
+    x, y = check_data(x, y, loss)
+    if loss == "cross_entropy":
+        with torch.no_grad():
+            output = model(as_tensor(x[:1], trainable_parameters(model)[0]))
+        check_labels(y, int(output.shape[-1]))
+    return x, y
 
 
 def loss_value(model, x, y, loss: str = "cross_entropy") -> torch.Tensor:
@@ -38,7 +55,7 @@ def loss_value(model, x, y, loss: str = "cross_entropy") -> torch.Tensor:
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
     """
     check_choice("loss", loss, LOSSES)
-    x, y = check_data(x, y, loss)
+    x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return _mean_loss(model(as_tensor(x, like)), as_tensor(y, like), loss)
 
@@ -86,7 +103,7 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
     """
     check_choice("loss", loss, LOSSES)
-    x, y = check_data(x, y, loss)
+    x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     inputs = as_tensor(x, like).requires_grad_(True)
     value = _mean_loss(model(inputs), as_tensor(y, like), loss)
@@ -113,7 +130,7 @@ def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -
             ``batch_size`` that is not an integer >= 1.
     """
     check_choice("loss", loss, LOSSES)
-    x, y = check_data(x, y, loss)
+    x, y = check_model_data(model, x, y, loss)
     batch_size = check_positive_int("batch_size", batch_size)
     like = trainable_parameters(model)[0]
     total_loss, correct = 0.0, 0
@@ -198,6 +215,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     """
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
                             monitor)
+    x, y = check_model_data(model, x, y, loss)
     params = trainable_parameters(model)
     clip = clip_function(clip, params)
     masks, masked = _mask_tensors(params, parameter_names(model), masks)
