@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from companion import data
+from companion import tensorflow as companion_tf
+from companion import torch as companion_torch
 from companion.common import minibatches
 from numpy_reference import (assert_arrays_close, assert_weights_equal, central_differences,
                              cross_entropy, is_torch, loss as reference_loss, mlp_forward, mse,
@@ -473,3 +475,31 @@ def test_rnn_input_gradients_match_central_differences(backend, rng):
     grad_x = backend.input_gradients(model, x, y, "mse")
     [numeric] = central_differences(lambda xs: mse(rnn_forward(weights, xs[0], "tanh"), y), [x])
     assert_arrays_close([grad_x], [numeric])
+
+
+# ---------------------------------------------------------------- predict
+
+
+def test_predict_matches_numpy_forward_in_any_batch_size(backend, rng):
+    model, weights, x, _ = _small_problem(backend, rng, "cross_entropy", n=23)
+    expected = mlp_forward(weights, x, "tanh")
+    for batch_size in (1, 5, 1024):
+        outputs = backend.predict(model, x, batch_size=batch_size)
+        assert isinstance(outputs, np.ndarray) and outputs.shape == (23, 2)
+        assert_arrays_close(outputs, expected)
+
+
+def test_predict_agrees_across_back_ends(rng):
+    x = rng.standard_normal((30, 6)).astype(np.float32)
+    torch_model = companion_torch.mlp([6, 9, 4], seed=3)
+    tf_model = companion_tf.mlp([6, 9, 4], seed=3)
+    assert_arrays_close(companion_torch.predict(torch_model, x),
+                        companion_tf.predict(tf_model, x))
+
+
+def test_predict_rejects_bad_input(backend, rng):
+    model, _, x, _ = _small_problem(backend, rng, "cross_entropy")
+    with pytest.raises(ValueError, match="at least one example"):
+        backend.predict(model, x[:0])
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        backend.predict(model, x, batch_size=0)

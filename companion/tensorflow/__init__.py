@@ -19,13 +19,13 @@ from .pruning import (KeepMasks, apply_masks, compressed_size, gradient_scores,
 from .runtime import as_tensor, device, seed_everything
 from .schedules import (GradualPruning, GradualPruningResult, constant_sparsity,
                         polynomial_decay, prune_gradually, pruning_steps)
-from .training import evaluate, gradients, input_gradients, loss_value, train
+from .training import evaluate, gradients, input_gradients, loss_value, predict, train
 
 __all__ = [
     "seed_everything", "device", "as_tensor",
     "mlp", "rnn", "trainable_parameters", "parameter_names",
     "get_weights", "set_weights", "to_canonical", "from_canonical",
-    "loss_value", "gradients", "input_gradients", "evaluate", "train",
+    "loss_value", "gradients", "input_gradients", "predict", "evaluate", "train",
     "History", "NonFiniteError",
     "Clip", "clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
     "clip_function", "clipping_optimizer",

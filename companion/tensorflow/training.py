@@ -19,7 +19,7 @@ from .diagnostics import total_norm
 from .models import parameter_names, trainable_parameters
 from .runtime import as_tensor
 
-__all__ = ["loss_value", "gradients", "input_gradients", "evaluate", "train"]
+__all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", "train"]
 
 # One compiled gradient function per (model, loss), so repeated calls do not retrace.
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -137,6 +137,36 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
         tape.watch(inputs)
         value = _mean_loss(model(inputs), as_tensor(y, like), loss)
     return tape.gradient(value, inputs).numpy()
+
+
+def _check_inputs(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"x must hold at least one example along axis 0, got shape {x.shape}")
+    return x
+
+
+def predict(model, x, batch_size: int = 1024) -> np.ndarray:
+    """The model's outputs on ``x`` as a NumPy array: logits for a classifier.
+
+    Computed without gradients, ``batch_size`` examples at a time;
+    ``predict(model, x).argmax(axis=1)`` gives the predicted classes.
+
+    Args:
+        model: a model of this back end, e.g. from :func:`mlp` or :func:`rnn`.
+        x: the inputs, an array-like with one example per row (axis 0).
+        batch_size: examples per forward pass, an integer >= 1 (bounds memory only).
+
+    Raises:
+        ValueError: ``x`` empty or without an example axis, or a ``batch_size`` that is
+            not an integer >= 1.
+    """
+    x = _check_inputs(x)
+    batch_size = check_positive_int("batch_size", batch_size)
+    like = trainable_parameters(model)[0]
+    return np.concatenate([model(as_tensor(x[start:start + batch_size], like),
+                                 training=False).numpy()
+                           for start in range(0, len(x), batch_size)])
 
 
 def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -> dict:
