@@ -32,6 +32,7 @@ def share_cpu_between_frameworks() -> None:
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
 INITS = ("he", "glorot", "lecun")
+DTYPES = ("float32", "float64")
 LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "adam")
 RNN_NONLINEARITIES = ("tanh", "relu")

@@ -260,6 +260,25 @@ def test_mlp_unknown_activation_lists_allowed(backend):
     assert "gelu" in str(info.value)
 
 
+def test_mlp_float64_holds_the_same_initial_weights_in_float64(backend, rng):
+    single = backend.mlp([5, 7, 3], seed=4)
+    double = backend.mlp([5, 7, 3], seed=4, dtype="float64")
+    for a, b in zip(backend.get_weights(single), backend.get_weights(double)):
+        assert b.dtype == np.float64
+        np.testing.assert_array_equal(a.astype(np.float64), b)
+    x = rng.standard_normal((6, 5))
+    outputs = backend.predict(double, x)
+    assert outputs.dtype == np.float64
+    # A float64 forward pass matches NumPy's to float64 rounding, not float32's.
+    np.testing.assert_allclose(outputs, mlp_forward(backend.get_weights(double), x, "relu"),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_unknown_dtype_lists_allowed(backend):
+    with pytest.raises(ValueError, match="'float32', 'float64'"):
+        backend.mlp([3, 2], dtype="float16")
+
+
 def test_mlp_unknown_init_lists_allowed(backend):
     with pytest.raises(ValueError, match="'he', 'glorot', 'lecun'") as info:
         backend.mlp([3, 2], init="xavier")

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..common import (ACTIVATIONS, RNN_NONLINEARITIES, check_choice, check_positive,
+from ..common import (ACTIVATIONS, DTYPES, RNN_NONLINEARITIES, check_choice, check_positive,
                       check_positive_int, check_sizes, mlp_initial_weights, resolve_seed,
                       rnn_initial_weights)
 
@@ -22,7 +22,7 @@ __all__ = ["mlp", "rnn", "trainable_parameters", "parameter_names", "get_weights
 
 
 def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
-        seed: int | None = None) -> keras.Sequential:
+        seed: int | None = None, dtype: str = "float32") -> keras.Sequential:
     """A fully connected network ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
     Layer ``i`` computes ``h_{i+1} = phi(W_i h_i + b_i)`` (Keras stores ``W_i`` transposed,
@@ -37,20 +37,23 @@ def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
         init: ``"he"``, ``"glorot"`` or ``"lecun"``.
         gain: multiplies every initial weight; ``> 1`` makes gradients grow with depth.
         seed: seed of the initial weights; ``None`` draws one from NumPy's global generator.
+        dtype: ``"float32"`` or ``"float64"`` (for exact curvature on small models); the
+            initial weights are the same numbers either way.
 
     Raises:
-        ValueError: fewer than two sizes, a size < 1, an unknown activation or init, or a
-            gain that is not a finite number > 0.
+        ValueError: fewer than two sizes, a size < 1, an unknown activation, init or
+            dtype, or a gain that is not a finite number > 0.
     """
     sizes = check_sizes(sizes)
     check_choice("activation", activation, ACTIVATIONS)
+    check_choice("dtype", dtype, DTYPES)
     gain = check_positive("gain", gain)
     weights = mlp_initial_weights(sizes, init, gain, resolve_seed(seed))
-    layers = [keras.Input(shape=(sizes[0],))]
+    layers = [keras.Input(shape=(sizes[0],), dtype=dtype)]
     for i, width in enumerate(sizes[1:]):
         last = i == len(sizes) - 2
         layers.append(keras.layers.Dense(width, activation="linear" if last else activation,
-                                         name=f"dense{i}"))
+                                         name=f"dense{i}", dtype=dtype))
     model = keras.Sequential(layers)
     set_weights(model, weights)
     return model

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..common import (ACTIVATIONS, RNN_NONLINEARITIES, check_choice, check_positive,
+from ..common import (ACTIVATIONS, DTYPES, RNN_NONLINEARITIES, check_choice, check_positive,
                       check_positive_int, check_sizes, mlp_initial_weights, resolve_seed,
                       rnn_initial_weights)
 from .runtime import device
@@ -27,7 +27,7 @@ _ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
 
 
 def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
-        seed: int | None = None) -> nn.Sequential:
+        seed: int | None = None, dtype: str = "float32") -> nn.Sequential:
     """A fully connected network ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
     Layer ``i`` computes ``h_{i+1} = phi(W_i h_i + b_i)`` with ``W_i`` of shape
@@ -42,13 +42,16 @@ def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
         init: ``"he"``, ``"glorot"`` or ``"lecun"``.
         gain: multiplies every initial weight; ``> 1`` makes gradients grow with depth.
         seed: seed of the initial weights; ``None`` draws one from NumPy's global generator.
+        dtype: ``"float32"`` or ``"float64"`` (for exact curvature on small models); the
+            initial weights are the same numbers either way.
 
     Raises:
-        ValueError: fewer than two sizes, a size < 1, an unknown activation or init, or a
-            gain that is not a finite number > 0.
+        ValueError: fewer than two sizes, a size < 1, an unknown activation, init or
+            dtype, or a gain that is not a finite number > 0.
     """
     sizes = check_sizes(sizes)
     check_choice("activation", activation, ACTIVATIONS)
+    check_choice("dtype", dtype, DTYPES)
     gain = check_positive("gain", gain)
     weights = mlp_initial_weights(sizes, init, gain, resolve_seed(seed))
     layers = OrderedDict()
@@ -56,7 +59,7 @@ def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
         layers[f"dense{i}"] = nn.Linear(fan_in, fan_out)
         if i < len(sizes) - 2:
             layers[f"act{i}"] = _ACTIVATION_MODULES[activation]()
-    model = nn.Sequential(layers).to(device())
+    model = nn.Sequential(layers).to(device=device(), dtype=getattr(torch, dtype))
     set_weights(model, weights)
     return model
 
