@@ -105,6 +105,18 @@ def check_sizes(sizes) -> list:
     return [int(s) for s in sizes]
 
 
+def check_inputs(x) -> np.ndarray:
+    """Return ``x`` as an array if it holds at least one example along axis 0.
+
+    Raises:
+        ValueError: ``x`` is a scalar or empty.
+    """
+    x = np.asarray(x)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"x must hold at least one example along axis 0, got shape {x.shape}")
+    return x
+
+
 def check_data(x, y, loss: str):
     """Check that ``x`` and ``y`` hold the same number of examples; return them as arrays."""
     x = np.asarray(x)

@@ -278,16 +278,21 @@ def test_obs_prune_returns_masks_like_masks_from_scores(backend, rng):
     assert zeros == round(0.3 * (6 * 10 + 10 * 4))
 
 
+def assert_same_obs_masks(torch_model, tf_model, x, y, damping):
+    """Prune both twins to 50% with OBS; their masks must be identical."""
+    torch_masks = ct.to_canonical(torch_model, ct.obs_prune(torch_model, x, y, 0.5,
+                                                            damping=damping, block_size=16))
+    tf_masks = ctf.to_canonical(tf_model, ctf.obs_prune(tf_model, x, y, 0.5, damping=damping,
+                                                        block_size=16))
+    for a, b in zip(torch_masks, tf_masks):
+        assert (a is None and b is None) or np.array_equal(a, b)
+
+
 def test_obs_prune_agrees_across_back_ends_in_float64(rng):
     torch_model, tf_model = float64_mlp(ct, SIZES, seed=1), float64_mlp(ctf, SIZES, seed=2)
     ctf.set_weights(tf_model, ct.get_weights(torch_model))
     x, y = rng.standard_normal((40, 5)), rng.integers(0, 3, 40)
-    torch_masks = ct.to_canonical(torch_model, ct.obs_prune(torch_model, x, y, 0.5,
-                                                            damping=1e-2, block_size=16))
-    tf_masks = ctf.to_canonical(tf_model, ctf.obs_prune(tf_model, x, y, 0.5, damping=1e-2,
-                                                        block_size=16))
-    for a, b in zip(torch_masks, tf_masks):
-        assert (a is None and b is None) or np.array_equal(a, b)
+    assert_same_obs_masks(torch_model, tf_model, x, y, damping=1e-2)
     close(ctf.get_weights(tf_model), ct.get_weights(torch_model))
 
 
@@ -296,12 +301,7 @@ def test_obs_prune_agrees_across_back_ends_in_float32(rng):
     torch_model, tf_model = ct.mlp(sizes, seed=4), ctf.mlp(sizes, seed=4)
     x = rng.standard_normal((64, 10)).astype(np.float32)
     y = rng.integers(0, 4, 64)
-    torch_masks = ct.to_canonical(torch_model, ct.obs_prune(torch_model, x, y, 0.5,
-                                                            damping=1e-3, block_size=16))
-    tf_masks = ctf.to_canonical(tf_model, ctf.obs_prune(tf_model, x, y, 0.5, damping=1e-3,
-                                                        block_size=16))
-    for a, b in zip(torch_masks, tf_masks):
-        assert (a is None and b is None) or np.array_equal(a, b)
+    assert_same_obs_masks(torch_model, tf_model, x, y, damping=1e-3)
     assert_arrays_close(ctf.get_weights(tf_model), ct.get_weights(torch_model),
                         what="OBS weights")
 

@@ -12,8 +12,8 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from ..common import (LOSSES, Clip, History, NonFiniteError, check_choice, check_data,
-                      check_labels, check_masks, check_positive_int, check_train_args,
-                      minibatches, nonfinite_message)
+                      check_inputs, check_labels, check_masks, check_positive_int,
+                      check_train_args, minibatches, nonfinite_message)
 from .clipping import clip_function
 from .diagnostics import total_norm
 from .models import parameter_names, trainable_parameters
@@ -139,13 +139,6 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
     return tape.gradient(value, inputs).numpy()
 
 
-def _check_inputs(x) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 0 or len(x) == 0:
-        raise ValueError(f"x must hold at least one example along axis 0, got shape {x.shape}")
-    return x
-
-
 def predict(model, x, batch_size: int = 1024) -> np.ndarray:
     """The model's outputs on ``x`` as a NumPy array: logits for a classifier.
 
@@ -161,7 +154,7 @@ def predict(model, x, batch_size: int = 1024) -> np.ndarray:
         ValueError: ``x`` empty or without an example axis, or a ``batch_size`` that is
             not an integer >= 1.
     """
-    x = _check_inputs(x)
+    x = check_inputs(x)
     batch_size = check_positive_int("batch_size", batch_size)
     like = trainable_parameters(model)[0]
     return np.concatenate([model(as_tensor(x[start:start + batch_size], like),
