@@ -1,6 +1,8 @@
 # make book     build the HTML book into _build/html (bootstraps .venv)
 # make test     run every test: unit, parity, notebooks (nbval, strict), browser
-# make outputs  re-execute the notebooks and store their outputs as nbval sees them
+# make outputs  update each chapter's .ipynb from its text source (.md), re-execute it
+#               and store its outputs as nbval sees them
+#               (one chapter: make outputs CHAPTERS=book/ch03_gradient_pruning)
 # make bench    time the companion's hot paths
 # make clean    remove built files (keeps .venv)
 
@@ -9,6 +11,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 MATHJAX := book/_static/mathjax
+# Chapters, without extension: book/NAME.md is the text source, book/NAME.ipynb its outputs.
+CHAPTERS ?= $(basename $(wildcard book/ch[0-9]*.md))
 
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
@@ -38,7 +42,8 @@ test: $(STAMP) $(MATHJAX)/tex-chtml.js
 	$(BIN)/python -m pytest
 
 outputs: $(STAMP)
-	$(BIN)/python tools/store_outputs.py book/*.ipynb
+	$(BIN)/jupytext --quiet --update --to ipynb $(addsuffix .md,$(CHAPTERS))
+	$(BIN)/python tools/store_outputs.py $(addsuffix .ipynb,$(CHAPTERS))
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py

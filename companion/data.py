@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .common import check_positive_int
+from .core.checks import check_positive_int
 
 __all__ = ["Dataset", "load_digits", "load_mnist1d", "adding_problem"]
 

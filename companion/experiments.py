@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .common import check_sparsity
+from .core.checks import check_sparsity
 
 __all__ = ["SweepResult", "score_pruners", "fine_tuner", "sparsity_sweep", "accuracies_at",
            "accuracy_table", "plot_sparsity_curves"]

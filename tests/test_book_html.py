@@ -391,8 +391,11 @@ def test_chapters_offer_their_notebook_and_no_outside_launch(book_html):
 
 
 # Framework-neutral modules whose public names the back ends re-export or use.
-NEUTRAL_MODULES = ("companion.common", "companion.schedules_common", "companion.second_order",
-                   "companion.experiments")
+# A name re-exported by several of them is documented in the first that holds it, so the
+# modules that define names come before those that re-export them.
+NEUTRAL_MODULES = tuple(f"companion.core.{name}" for name in (
+    "checks", "runtime", "models", "training", "diagnostics", "clipping", "pruning",
+    "distributed", "curvature", "schedules")) + ("companion.experiments",)
 
 
 def _public_names():
@@ -411,15 +414,15 @@ def _public_names():
             yield f"{module_name}.{name}", obj, anchor
     # A framework-neutral module's public names: its __all__ if it has one, else every
     # function and class defined there whose name does not start with "_".
-    for common in neutral:
-        names = getattr(common, "__all__", None) or [
-            name for name, obj in vars(common).items()
+    for core in neutral:
+        names = getattr(core, "__all__", None) or [
+            name for name, obj in vars(core).items()
             if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
-            and obj.__module__ == common.__name__]
+            and obj.__module__ == core.__name__]
         for name in names:
-            anchor = f"{common.__name__}.{name}"
+            anchor = f"{core.__name__}.{name}"
             if anchor not in seen:
-                yield anchor, getattr(common, name), anchor
+                yield anchor, getattr(core, name), anchor
 
 
 def test_api_reference_documents_every_public_name(book_html):

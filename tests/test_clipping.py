@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 # The companion first: it loads triton (when installed) before TensorFlow (see GUIDE §5).
-from companion import common
 from companion import tensorflow as ctf
 from companion import torch as ct
-from companion.common import Clip, minibatches
+from companion.core.clipping import Clip
+from companion.core.training import minibatches
 from numpy_reference import RTOL, assert_arrays_close, is_torch, scalar, tensors
 
 import tensorflow as tf  # noqa: E402  (after companion, on purpose)
@@ -837,7 +837,7 @@ def test_train_rejects_bad_clips_before_training(backend, make, error, match):
 
 
 def test_clip_is_one_frozen_object_for_both_back_ends():
-    assert ct.Clip is ctf.Clip is common.Clip
+    assert ct.Clip is ctf.Clip is Clip
     rule = Clip("global_norm", 1.0)
     assert (rule.norm_type, rule.eps) == (2.0, 1e-3)
     with pytest.raises(dataclasses.FrozenInstanceError):

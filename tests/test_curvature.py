@@ -23,7 +23,7 @@ import tensorflow as tf
 import torch
 from torch.func import functional_call
 
-from companion import second_order
+from companion.core import curvature as core_curvature
 from companion import tensorflow as ctf
 from companion import torch as ct
 from numpy_reference import (assert_arrays_close, assert_weights_equal, float64_mlp,
@@ -209,9 +209,9 @@ def test_hutchinson_error_shrinks_as_the_probes_grow(backend, small):
 
 def test_probes_are_drawn_in_numpy_in_the_canonical_order(backend, small):
     """Hutchinson with S probes is exactly (1/S) sum_s v_s * (H v_s) for the NumPy probes
-    of second_order.rademacher_probes, whatever the framework's own layout."""
+    of core_curvature.rademacher_probes, whatever the framework's own layout."""
     model, x, y, oracle = small
-    probes = list(second_order.rademacher_probes(N_PARAMS, 3, seed=5))
+    probes = list(core_curvature.rademacher_probes(N_PARAMS, 3, seed=5))
     expected = np.mean([v * (oracle @ v) for v in probes], axis=0)
     estimate = backend.hessian_diagonal(model, x, y, method="hutchinson", samples=3, seed=5)
     close(flat(backend, model, estimate), expected)

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from companion.common import GradientNormRecorder  # noqa: E402
+from companion.core.diagnostics import GradientNormRecorder  # noqa: E402
 from numpy_reference import is_torch, tensors  # noqa: E402
 
 NORM_TYPES = [0.5, 1.0, 2.0, 4.0, math.inf]

@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 import pytest
 
-from companion import common
+from companion.core import distributed as core_distributed
 from companion import tensorflow as ctf
 from companion import torch as ct
 from companion.tensorflow import distributed as tf_distributed
@@ -48,7 +48,7 @@ MID_NORM = 12.0  # above the whole batch's gradient norm, below worker 0's
 NO_CLIP_NORM = 1e3  # above every gradient norm: no worker clips
 THRESHOLDS = [MAX_NORM, MID_NORM, NO_CLIP_NORM]
 UPDATE_RTOL = 1e-5
-MODES = common.DATA_PARALLEL_CLIPS
+MODES = core_distributed.DATA_PARALLEL_CLIPS
 
 FRAMEWORKS = {
     "torch": (ct, torch_distributed),
@@ -347,9 +347,9 @@ def _children() -> set:
 def test_a_failing_worker_raises_with_its_output_and_leaves_no_process():
     before = _children()
     with tempfile.TemporaryDirectory() as folder:
-        # companion.common has no _worker_main: both workers fail on start.
+        # companion.core.distributed has no _worker_main: both workers fail on start.
         with pytest.raises(RuntimeError, match="_worker_main"):
-            common.run_worker_processes("companion.common", 2, folder, timeout=60)
+            core_distributed.run_worker_processes("companion.core.distributed", 2, folder, timeout=60)
     assert _children() <= before
 
 
@@ -357,5 +357,5 @@ def test_a_slow_worker_times_out_and_is_stopped():
     before = _children()
     with tempfile.TemporaryDirectory() as folder:
         with pytest.raises(TimeoutError, match="within 0.2 s"):
-            common.run_worker_processes("companion.torch.distributed", 2, folder, timeout=0.2)
+            core_distributed.run_worker_processes("companion.torch.distributed", 2, folder, timeout=0.2)
     assert _children() <= before

@@ -343,7 +343,7 @@ def test_compressed_size_agrees_across_back_ends():
 
 def test_csr_bytes_of_a_kernel_with_three_dimensions(rng):
     """(out, in, k) is a matrix of out rows and in * k columns."""
-    from companion.schedules_common import csr_bytes
+    from companion.core.pruning import csr_bytes
 
     kernel = rng.standard_normal((5, 3, 4)).astype(np.float32)
     kernel[rng.random(kernel.shape) < 0.6] = 0

@@ -12,15 +12,15 @@ import math
 import numpy as np
 import pytest
 
-from companion import schedules_common
-from companion.common import lowest_score_masks
+from companion.core import schedules as core_schedules
+from companion.core.pruning import lowest_score_masks
 from companion import tensorflow as ctf
 from companion import torch as ct
 
 
 def test_both_back_ends_offer_the_same_schedule_functions():
     for name in ("constant_sparsity", "polynomial_decay", "pruning_steps"):
-        assert getattr(ct, name) is getattr(ctf, name) is getattr(schedules_common, name)
+        assert getattr(ct, name) is getattr(ctf, name) is getattr(core_schedules, name)
 
 
 @pytest.mark.parametrize("step, sparsity, should_prune", [
@@ -182,18 +182,18 @@ def test_grow_masks_keeps_earlier_prunes_whatever_their_score():
     At 50 % (4 of 8) they stay pruned and the two lowest others (0, 1) join them."""
     scores = [np.arange(8.0).reshape(2, 4), np.ones(2)]
     masks = [np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.float32), None]
-    new = schedules_common.grow_masks(scores, masks, [True, False], 0.5, "global")
+    new = core_schedules.grow_masks(scores, masks, [True, False], 0.5, "global")
     np.testing.assert_array_equal(new[0], [[0, 0, 1, 1], [1, 1, 0, 0]])
     assert new[1] is None
     # A lower sparsity than what is pruned already restores nothing.
-    new = schedules_common.grow_masks(scores, masks, [True, False], 0.1, "global")
+    new = core_schedules.grow_masks(scores, masks, [True, False], 0.1, "global")
     np.testing.assert_array_equal(new[0], masks[0])
     # Non-finite scores of pruned entries do not matter; of the others they do.
     scores[0][1, 3] = np.nan
-    schedules_common.grow_masks(scores, masks, [True, False], 0.5, "global")
+    core_schedules.grow_masks(scores, masks, [True, False], 0.5, "global")
     scores[0][0, 0] = np.inf
     with pytest.raises(ValueError, match="nan or inf"):
-        schedules_common.grow_masks(scores, masks, [True, False], 0.5, "global")
+        core_schedules.grow_masks(scores, masks, [True, False], 0.5, "global")
 
 
 def test_grow_masks_from_no_prunes_equals_one_shot_masks(rng):
@@ -203,12 +203,12 @@ def test_grow_masks_from_no_prunes_equals_one_shot_masks(rng):
     for scope in ("global", "layer"):
         for eligible in ([True, False, True], [True, True, True]):
             np.testing.assert_equal(
-                schedules_common.grow_masks(scores, ones, eligible, 0.6, scope),
+                core_schedules.grow_masks(scores, ones, eligible, 0.6, scope),
                 lowest_score_masks(scores, eligible, 0.6, scope))
 
 
 def test_result_prints_a_table():
-    result = schedules_common.GradualPruningResult(
+    result = core_schedules.GradualPruningResult(
         history=None, masks=[], steps=[0, 10], sparsities=[0.25, 0.5], pruned=[0.25, 0.5])
     assert str(result).splitlines() == [
         "    step    target    pruned", "       0    25.00%    25.00%",

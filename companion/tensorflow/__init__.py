@@ -1,7 +1,9 @@
 """The TensorFlow (Keras 3) back end: the same names and numbers as :mod:`companion.torch`."""
 
-from ..common import Clip, History, NonFiniteError, share_cpu_between_frameworks
-from ..schedules_common import CompressedSize
+from ..core.clipping import Clip
+from ..core.training import History, NonFiniteError
+from ..core.runtime import share_cpu_between_frameworks
+from ..core.pruning import CompressedSize
 from .clipping import (adaptive_clip, clip_by_global_norm, clip_by_norm, clip_by_value,
                        clip_function, clipping_optimizer)
 from .curvature import (hessian, hessian_diagonal, hutchinson_trace, hvp, obd_scores,

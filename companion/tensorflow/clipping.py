@@ -12,11 +12,11 @@ import sys
 
 import tensorflow as tf
 
-from ..common import (check_clip_inputs, check_positive, nonfinite_norm_message,
-                      resolve_clip)
+from ..core.checks import check_positive
+from ..core.clipping import Clip, check_clip_inputs, nonfinite_norm_message, resolve_clip
 from .diagnostics import _norm64, total_norm
 
-__all__ = ["clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
+__all__ = ["Clip", "clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
            "clip_function", "clipping_optimizer"]
 
 
@@ -166,7 +166,7 @@ def clip_function(clip, params):
     them). Used by :func:`train`.
 
     Args:
-        clip: ``None``, a :class:`~companion.common.Clip` rule, or a function
+        clip: ``None``, a :class:`~companion.core.clipping.Clip` rule, or a function
             ``grads -> grads``.
         params: the trainable variables the gradients belong to, in order.
 
@@ -190,7 +190,7 @@ def clipping_optimizer(optimizer, clip):
     Args:
         optimizer: a Keras optimizer, e.g. ``keras.optimizers.SGD(0.1)``; it is copied, not
             changed.
-        clip: a :class:`~companion.common.Clip` rule or a function ``grads -> grads``; not
+        clip: a :class:`~companion.core.clipping.Clip` rule or a function ``grads -> grads``; not
             ``None``.
 
     Raises:

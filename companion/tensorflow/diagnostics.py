@@ -6,8 +6,8 @@ import math
 
 import tensorflow as tf
 
-from ..common import (GradientNormRecorder, check_positive, layer_norms_from,
-                      norm_of_norms)
+from ..core.checks import check_positive
+from ..core.diagnostics import GradientNormRecorder, layer_norms_from, norm_of_norms
 from .models import parameter_names
 
 __all__ = ["total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
@@ -116,7 +116,7 @@ class GradientMonitor(GradientNormRecorder):
     Pass it to :func:`train` (``monitor=...``) or call :meth:`record` in your own loop.
     It flags non-finite steps and spikes above ``spike_factor`` times the running median
     of recent norms, and plots itself (:meth:`plot`); see
-    :class:`companion.common.GradientNormRecorder`.
+    :class:`companion.core.diagnostics.GradientNormRecorder`.
     """
 
     layer_norms = staticmethod(layer_norms)

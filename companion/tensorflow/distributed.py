@@ -39,9 +39,11 @@ import tempfile
 
 import tensorflow as tf
 
-from ..common import (DATA_PARALLEL_CLIPS, DataParallelStep, check_data_parallel_args,
-                      check_positive, load_data_parallel_steps, run_worker_processes,
-                      save_data_parallel_steps, whole_batch_step)
+from ..core.checks import check_positive
+from ..core.distributed import (DATA_PARALLEL_CLIPS, check_data_parallel_args,
+                                DataParallelStep, load_data_parallel_steps,
+                                run_worker_processes, save_data_parallel_steps,
+                                whole_batch_step)
 from .clipping import clip_by_global_norm
 from .diagnostics import total_norm
 from .models import get_weights, mlp, set_weights
@@ -84,7 +86,7 @@ def data_parallel_step(weights, sizes, x, y, *, lr: float, max_norm: float | Non
         timeout: seconds to wait for the process before stopping it.
 
     Returns:
-        A :class:`~companion.common.DataParallelStep`: the new weights, ``||g||`` and every
+        A :class:`~companion.core.distributed.DataParallelStep`: the new weights, ``||g||`` and every
         ``||g_k||`` (both before clipping).
 
     Raises:
@@ -161,7 +163,7 @@ def single_process_step(weights, sizes, x, y, *, lr: float, max_norm: float | No
     ``g`` is the gradient of the mean loss on all of ``(x, y)``; with ``max_norm`` it is
     clipped by :func:`~companion.tensorflow.clip_by_global_norm`, ``g * c / max(||g||, c)``.
     The step is taken in NumPy. Runs in the calling process (nothing is started).
-    Returns a :class:`~companion.common.DataParallelStep` with ``worker_norms = [||g||]``.
+    Returns a :class:`~companion.core.distributed.DataParallelStep` with ``worker_norms = [||g||]``.
 
     Args:
         weights: canonical arrays ``[W0 (out, in), b0, W1, b1, ...]`` of ``mlp(sizes)``.

@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..common import (ACTIVATIONS, DTYPES, RNN_NONLINEARITIES, check_choice, check_positive,
-                      check_positive_int, check_sizes, mlp_initial_weights, resolve_seed,
-                      rnn_initial_weights)
+from ..core.checks import check_choice, check_positive, check_positive_int, resolve_seed
+from ..core.models import (ACTIVATIONS, DTYPES, RNN_NONLINEARITIES, check_sizes,
+                           mlp_initial_weights, rnn_initial_weights)
 
 __all__ = ["mlp", "rnn", "trainable_parameters", "parameter_names", "get_weights",
            "set_weights", "to_canonical", "from_canonical"]
@@ -28,7 +28,7 @@ def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
     Layer ``i`` computes ``h_{i+1} = phi(W_i h_i + b_i)`` (Keras stores ``W_i`` transposed,
     as ``(sizes[i], sizes[i+1])``); the last layer has no activation (it returns logits).
     Weights are drawn from ``N(0, std^2)`` with ``std`` given by ``init`` (see
-    :func:`companion.common.init_std`) times ``gain``; biases start at zero. Layers are
+    :func:`companion.core.models.init_std`) times ``gain``; biases start at zero. Layers are
     named ``dense0, dense1, ...``.
 
     Args:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from ..common import (LOSSES, SCOPES, SparsityReport, check_choice, check_data, check_masks,
-                      check_matching_shapes, check_positive_int, check_sparsity, data_batches,
-                      lowest_score_masks, random_canonical_scores)
-from ..schedules_common import CompressedSize
+from ..core.checks import (LOSSES, check_choice, check_data, check_masks,
+                           check_matching_shapes, check_positive_int, check_sparsity)
+from ..core.pruning import (SCOPES, CompressedSize, data_batches, lowest_score_masks,
+                            random_canonical_scores, SparsityReport)
 from .models import (from_canonical, get_weights, parameter_names, to_canonical,
                      trainable_parameters)
 from .training import gradients
@@ -276,7 +276,7 @@ def compressed_size(model, index_bits: int = 32) -> CompressedSize:
     (row pointers are ``index_bits`` wide unless ``nnz`` needs more). Biases are stored
     dense. ``print(compressed_size(model))`` shows a table; ``.dense_bytes``,
     ``.sparse_bytes`` and ``.ratio`` (dense / sparse) are the totals. See
-    :func:`companion.schedules_common.csr_bytes`.
+    :func:`companion.core.pruning.csr_bytes`.
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.

@@ -1,7 +1,7 @@
 """Gradual pruning on a schedule while training, TensorFlow back end.
 
 The schedules (Zhu & Gupta 2017, with TensorFlow Model Optimization's semantics) are pure
-functions of the step, shared by both back ends from :mod:`companion.schedules_common`:
+functions of the step, shared by both back ends from :mod:`companion.core.schedules`:
 ``constant_sparsity`` and ``polynomial_decay`` return ``(should_prune, sparsity)``.
 :func:`prune_gradually` trains with :func:`train`'s loop and, at the start of every step
 on which the schedule prunes, scores the weights and grows the masks; the
@@ -17,11 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..common import (LOSSES, SCOPES, check_choice, check_matching_shapes, check_train_args,
-                      resolve_seed)
-from ..schedules_common import (GradualPruningResult, check_schedule, constant_sparsity,
-                                criterion_function, grow_masks, polynomial_decay,
-                                pruning_steps)
+from ..core.checks import (LOSSES, check_choice, check_matching_shapes, check_train_args,
+                           resolve_seed)
+from ..core.schedules import (SCOPES, check_schedule, constant_sparsity, criterion_function,
+                              GradualPruningResult, grow_masks, polynomial_decay, pruning_steps)
 from . import pruning
 from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
 from .training import _train
@@ -69,7 +68,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
     pruning to ``schedule(t)``'s sparsity ``s_t``: every weight pruned so far stays
     pruned, and the lowest-scoring others join them until ``round(s_t * n)`` of the ``n``
     eligible weights are pruned (per tensor with ``scope="layer"``; see
-    :func:`~companion.schedules_common.grow_masks`). Then the step's update follows. A
+    :func:`~companion.core.schedules.grow_masks`). Then the step's update follows. A
     pruned weight stays exactly zero: its gradient is masked before every update and the
     weights are re-masked after it, as in ``train(..., masks=...)``.
 
@@ -109,7 +108,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
         seed: the minibatch order (as in :func:`train`) and the base seed of ``"random"``.
 
     Returns:
-        a :class:`~companion.schedules_common.GradualPruningResult`: the training
+        a :class:`~companion.core.schedules.GradualPruningResult`: the training
         ``history``, the final ``masks``, and the ``steps`` that pruned with their target
         ``sparsities`` and the fraction of eligible weights ``pruned`` after each.
 
@@ -153,7 +152,7 @@ class GradualPruning(keras.callbacks.Callback):
     (``model.optimizer.iterations``, the updates done so far), so a second ``fit`` goes on
     where the first stopped. Before each batch whose ``schedule(t)`` says
     ``should_prune``, the weights are scored and the masks grown to ``schedule(t)``'s
-    sparsity (see :func:`companion.schedules_common.grow_masks`: masks only grow); at the
+    sparsity (see :func:`companion.core.schedules.grow_masks`: masks only grow); at the
     start of training and after every batch the weights are multiplied by the masks, as
     :class:`KeepMasks` does, so pruned weights are exactly zero after each step::
 

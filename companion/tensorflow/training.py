@@ -11,10 +11,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ..common import (LOSSES, Clip, History, NonFiniteError, check_choice, check_data,
-                      check_inputs, check_labels, check_masks, check_positive_int,
-                      check_train_args, minibatches, nonfinite_message)
-from .clipping import clip_function
+from ..core.checks import (LOSSES, check_choice, check_data, check_inputs, check_labels,
+                           check_masks, check_positive_int, check_train_args)
+from ..core.training import History, minibatches, nonfinite_message, NonFiniteError
+from .clipping import Clip, clip_function
 from .diagnostics import total_norm
 from .models import parameter_names, trainable_parameters
 from .runtime import as_tensor
@@ -32,12 +32,12 @@ def _mean_loss(output: tf.Tensor, target: tf.Tensor, loss: str) -> tf.Tensor:
 
 
 def check_model_data(model, x, y, loss: str):
-    """:func:`~companion.common.check_data`, and for ``"cross_entropy"`` that every label
+    """:func:`~companion.core.checks.check_data`, and for ``"cross_entropy"`` that every label
     names one of the model's outputs (``0 <= y < classes``, ``classes`` read from the
     model's output on one example); returns ``x, y`` as arrays.
 
     Raises:
-        ValueError: as :func:`~companion.common.check_data`, or a label out of range.
+        ValueError: as :func:`~companion.core.checks.check_data`, or a label out of range.
     """
     x, y = check_data(x, y, loss)
     if loss == "cross_entropy":
@@ -228,7 +228,7 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
 
     Args:
         clip: ``None``, a rule such as ``Clip("global_norm", 1.0)`` (see
-            :class:`companion.common.Clip`), or any function ``grads -> grads``; applied
+            :class:`companion.core.clipping.Clip`), or any function ``grads -> grads``; applied
             to every gradient before its update.
         monitor: e.g. a :class:`GradientMonitor`; its ``record(step, grads)`` sees the raw
             (unclipped) gradients of every step, including one that is not finite.

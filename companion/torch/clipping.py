@@ -12,12 +12,12 @@ import sys
 
 import torch
 
-from ..common import (check_clip_inputs, check_positive, nonfinite_norm_message,
-                      resolve_clip)
+from ..core.checks import check_positive
+from ..core.clipping import Clip, check_clip_inputs, nonfinite_norm_message, resolve_clip
 from .diagnostics import _norm64, total_norm
 from .models import trainable_parameters
 
-__all__ = ["clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
+__all__ = ["Clip", "clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
            "clip_function", "clip_grads_"]
 
 
@@ -157,7 +157,7 @@ def clip_function(clip, params):
     them). Used by :func:`train`.
 
     Args:
-        clip: ``None``, a :class:`~companion.common.Clip` rule, or a function
+        clip: ``None``, a :class:`~companion.core.clipping.Clip` rule, or a function
             ``grads -> grads``.
         params: the trainable parameters the gradients belong to, in order.
 
@@ -178,7 +178,7 @@ def clip_grads_(model, clip) -> None:
     Args:
         model: a ``torch.nn.Module`` whose parameters' ``.grad`` hold the gradients (after
             ``loss.backward()``).
-        clip: a :class:`~companion.common.Clip` rule or a function ``grads -> grads``; not
+        clip: a :class:`~companion.core.clipping.Clip` rule or a function ``grads -> grads``; not
             ``None``.
 
     Raises:

@@ -9,7 +9,7 @@ differentiated again), so the Hessian ``H = d²L/dθ²`` is never formed unless 
 vectorised call per chunk of examples, no loop over examples.
 
 Vectors in the canonical flattening order (parameters in order, each flattened row-major in
-the canonical layout) connect the two back ends: :mod:`companion.second_order` draws the
+the canonical layout) connect the two back ends: :mod:`companion.core.curvature` draws the
 random probes in that order and does the framework-neutral NumPy work, so
 ``companion.tensorflow`` gives the same numbers.
 """
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from ..common import (LOSSES, check_choice, check_matching_shapes, check_positive,
-                      check_positive_int, check_sparsity)
-from ..second_order import (check_hessian_size, check_method, check_obs_memory, check_seed,
-                            fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
-                            power_iteration)
+from ..core.checks import (LOSSES, check_choice, check_matching_shapes, check_positive,
+                           check_positive_int, check_sparsity)
+from ..core.curvature import (check_hessian_size, check_method, check_obs_memory, check_seed,
+                              fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
+                              power_iteration)
 from .models import (from_canonical, get_weights, parameter_names, set_weights,
                      trainable_parameters)
 from .runtime import as_tensor
@@ -210,7 +210,7 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
     * ``"hutchinson"``: ``(1/S) sum_s v_s * (H v_s)`` over ``S = samples`` Rademacher probes
       (Bekas et al. 2007), unbiased with variance ``(1/S) sum_{j != q} H_qj^2``. The probes
       are drawn in NumPy from ``seed`` in the canonical order
-      (:func:`companion.second_order.rademacher_probes`), the same in both back ends.
+      (:func:`companion.core.curvature.rademacher_probes`), the same in both back ends.
     * ``"fisher"``: the empirical Fisher diagonal ``(1/N) sum_i g_i^2`` over the ``N``
       examples, ``g_i`` the gradient of example ``i``'s loss: never negative, equal to the
       Hessian's Gauss-Newton part only where the model fits (for cross-entropy it
@@ -287,7 +287,7 @@ def top_eigenvalue(model, x, y, iterations: int = 100, tol: float = 1e-6, seed: 
     ``w = H v``, ``lambda = v^T w``, ``v = w / ||w||`` with Hessian-vector products, from a
     standard normal start drawn in NumPy from ``seed`` (the same in both back ends), until
     ``lambda`` changes by at most ``tol`` relatively, or ``iterations`` products
-    (:func:`companion.second_order.power_iteration`). Near a minimum the dominant
+    (:func:`companion.core.curvature.power_iteration`). Near a minimum the dominant
     eigenvalue is the largest one, the sharpness ``lambda_max``; gradient descent with a
     learning rate above ``2 / lambda_max`` diverges along its eigenvector.
 
@@ -358,14 +358,14 @@ def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: i
     (parameters with two or more dimensions, as in :func:`masks_from_scores`, flattened in
     order), kept in diagonal blocks of ``block_size`` consecutive weights and inverted by
     Woodbury updates starting from ``I / damping`` (WoodFisher, Singh & Alistarh 2020; see
-    :func:`companion.second_order.woodbury_block_inverse`). Then:
+    :func:`companion.core.curvature.woodbury_block_inverse`). Then:
 
     1. every eligible weight gets the OBS saliency ``w_q^2 / (2 [F^-1]_qq)``, and the
        ``round(sparsity * n)`` lowest over all eligible weights are pruned (global ranking,
        ties broken by position, exactly as :func:`masks_from_scores`);
     2. within each block, the exact multi-weight OBS update for the set ``Q`` pruned in that
        block, ``dw = -F^-1[:, Q] (F^-1[Q, Q])^-1 w_Q``, is added to the block's weights
-       (:func:`companion.second_order.obs_update`; weights do not compensate across
+       (:func:`companion.core.curvature.obs_update`; weights do not compensate across
        blocks); pruned weights are then exactly zero.
 
     The ranking uses single-weight saliencies (WoodFisher's choice), while the update
@@ -386,7 +386,7 @@ def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: i
         loss: ``"cross_entropy"`` or ``"mse"``.
         batch_size: examples per vectorised chunk of per-sample gradients (memory only).
         max_bytes: refuse (before any work) if the estimated working memory
-            (:func:`companion.second_order.check_obs_memory`) exceeds it; default 1 GiB.
+            (:func:`companion.core.curvature.check_obs_memory`) exceeds it; default 1 GiB.
 
     Returns:
         the masks, as :func:`masks_from_scores` gives them (a 0/1 tensor per weight, ``None``

@@ -24,7 +24,7 @@ decides whether data parallelism still computes the single-process update:
 * ``clip=None``: plain SGD on ``g``.
 
 The step is SGD, ``w <- w - lr * update``. Each worker is a fresh Python process (see
-:func:`companion.common.run_worker_processes` for why not ``torch.multiprocessing.spawn``),
+:func:`companion.core.distributed.run_worker_processes` for why not ``torch.multiprocessing.spawn``),
 so the functions work from a notebook kernel or a process that has loaded TensorFlow. The
 workers join a ``gloo`` process group (CPU) through ``MASTER_ADDR=127.0.0.1`` and a
 ``MASTER_PORT`` found free at run time.
@@ -43,9 +43,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..common import (DATA_PARALLEL_CLIPS, DataParallelStep, check_data_parallel_args,
-                      check_positive, load_data_parallel_steps, run_worker_processes,
-                      save_data_parallel_steps, whole_batch_step)
+from ..core.checks import check_positive
+from ..core.distributed import (DATA_PARALLEL_CLIPS, check_data_parallel_args,
+                                DataParallelStep, load_data_parallel_steps,
+                                run_worker_processes, save_data_parallel_steps,
+                                whole_batch_step)
 from .clipping import clip_by_global_norm
 from .diagnostics import global_norm
 from .models import get_weights, mlp, set_weights, trainable_parameters
@@ -87,7 +89,7 @@ def data_parallel_step(weights, sizes, x, y, *, lr: float, max_norm: float | Non
         timeout: seconds to wait for the workers before stopping them.
 
     Returns:
-        A :class:`~companion.common.DataParallelStep`: the new weights, ``||g||`` and every
+        A :class:`~companion.core.distributed.DataParallelStep`: the new weights, ``||g||`` and every
         ``||g_k||`` (both before clipping).
 
     Raises:
@@ -173,7 +175,7 @@ def single_process_step(weights, sizes, x, y, *, lr: float, max_norm: float | No
     ``g`` is the gradient of the mean loss on all of ``(x, y)``; with ``max_norm`` it is
     clipped by :func:`~companion.torch.clip_by_global_norm`, ``g * c / max(||g||, c)``.
     The step is taken in NumPy. Runs in the calling process (nothing is started).
-    Returns a :class:`~companion.common.DataParallelStep` with ``worker_norms = [||g||]``.
+    Returns a :class:`~companion.core.distributed.DataParallelStep` with ``worker_norms = [||g||]``.
 
     Args:
         weights: canonical arrays ``[W0 (out, in), b0, W1, b1, ...]`` of ``mlp(sizes)``.

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..common import (ACTIVATIONS, DTYPES, RNN_NONLINEARITIES, check_choice, check_positive,
-                      check_positive_int, check_sizes, mlp_initial_weights, resolve_seed,
-                      rnn_initial_weights)
+from ..core.checks import check_choice, check_positive, check_positive_int, resolve_seed
+from ..core.models import (ACTIVATIONS, DTYPES, RNN_NONLINEARITIES, check_sizes,
+                           mlp_initial_weights, rnn_initial_weights)
 from .runtime import device
 
 __all__ = ["mlp", "rnn", "RecurrentLayer", "trainable_parameters", "parameter_names",
@@ -33,7 +33,7 @@ def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
     Layer ``i`` computes ``h_{i+1} = phi(W_i h_i + b_i)`` with ``W_i`` of shape
     ``(sizes[i+1], sizes[i])``; the last layer has no activation (it returns logits).
     Weights are drawn from ``N(0, std^2)`` with ``std`` given by ``init`` (see
-    :func:`companion.common.init_std`) times ``gain``; biases start at zero. Layers are
+    :func:`companion.core.models.init_std`) times ``gain``; biases start at zero. Layers are
     named ``dense0, dense1, ...``.
 
     Args:

@@ -1,7 +1,7 @@
 """Gradual pruning on a schedule while training, PyTorch back end.
 
 The schedules (Zhu & Gupta 2017, with TensorFlow Model Optimization's semantics) are pure
-functions of the step, shared by both back ends from :mod:`companion.schedules_common`:
+functions of the step, shared by both back ends from :mod:`companion.core.schedules`:
 ``constant_sparsity`` and ``polynomial_decay`` return ``(should_prune, sparsity)``.
 :func:`prune_gradually` trains with :func:`train`'s loop and, at the start of every step
 on which the schedule prunes, scores the weights and grows the masks.
@@ -15,9 +15,9 @@ import math
 import numpy as np
 import torch
 
-from ..common import SCOPES, check_choice, check_matching_shapes, check_train_args
-from ..schedules_common import (GradualPruningResult, constant_sparsity, criterion_function,
-                                grow_masks, polynomial_decay, pruning_steps)
+from ..core.checks import check_choice, check_matching_shapes, check_train_args
+from ..core.schedules import (SCOPES, constant_sparsity, criterion_function,
+                              GradualPruningResult, grow_masks, polynomial_decay, pruning_steps)
 from . import pruning
 from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
 from .training import _train
@@ -65,7 +65,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
     pruning to ``schedule(t)``'s sparsity ``s_t``: every weight pruned so far stays
     pruned, and the lowest-scoring others join them until ``round(s_t * n)`` of the ``n``
     eligible weights are pruned (per tensor with ``scope="layer"``; see
-    :func:`~companion.schedules_common.grow_masks`). Then the step's update follows. A
+    :func:`~companion.core.schedules.grow_masks`). Then the step's update follows. A
     pruned weight stays exactly zero: its gradient is masked before every update and the
     weights are re-masked after it, as in ``train(..., masks=...)``.
 
@@ -105,7 +105,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
         seed: the minibatch order (as in :func:`train`) and the base seed of ``"random"``.
 
     Returns:
-        a :class:`~companion.schedules_common.GradualPruningResult`: the training
+        a :class:`~companion.core.schedules.GradualPruningResult`: the training
         ``history``, the final ``masks``, and the ``steps`` that pruned with their target
         ``sparsities`` and the fraction of eligible weights ``pruned`` after each.
 

@@ -26,8 +26,8 @@ import numbers
 
 import numpy as np
 
-from .common import (check_choice, check_positive, check_positive_int, check_sparsity,
-                     lowest_score_masks)
+from .checks import check_choice, check_positive, check_positive_int, check_sparsity
+from .pruning import lowest_score_masks
 
 __all__ = ["CURVATURE_METHODS", "check_method", "check_seed", "check_hessian_size",
            "rademacher_probes", "hutchinson_diagonal", "power_iteration", "fisher_diagonal",
@@ -378,7 +378,7 @@ def obs_prune_arrays(weights, eligible, gradient_chunks, num_samples: int, spars
     The eligible weights (``eligible[i]`` true), flattened in order, get the damped empirical
     Fisher inverse of :func:`woodbury_block_inverse` from the per-sample gradients; the
     ``round(sparsity * n)`` weights of lowest :func:`obs_saliency` over all of them are
-    removed (:func:`companion.common.lowest_score_masks`, global scope, ties broken by
+    removed (:func:`companion.core.pruning.lowest_score_masks`, global scope, ties broken by
     position), and :func:`obs_update` updates the others within their blocks.
 
     Args:

@@ -1,4 +1,4 @@
-"""Framework-neutral pieces of gradual pruning that both back ends share (plain Python, NumPy).
+"""Framework-neutral gradual pruning that both back ends share (plain Python, NumPy).
 
 * **Schedules** (Zhu & Gupta 2017, with the semantics of TensorFlow Model Optimization's
   ``ConstantSparsity`` and ``PolynomialDecay``): pure functions of the training step that
@@ -7,8 +7,6 @@
   layout, so both back ends prune the same entries. Pruned weights stay pruned.
 * **Choosing scores** (:func:`criterion_function`): a criterion name such as ``"snip"`` or
   a function ``model -> scores``, made into ``(model, step) -> scores``.
-* **Storage cost** (:func:`csr_bytes`, :class:`CompressedSize`): the bytes of the weights
-  stored dense and in compressed sparse row (CSR) form.
 
 ``companion.torch`` and ``companion.tensorflow`` re-export the public names, so a reader
 writes ``ct.polynomial_decay(...)`` or ``ctf.polynomial_decay(...)`` and gets the same
@@ -17,22 +15,20 @@ numbers.
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .common import (LOSSES, SCOPES, History, check_choice, check_data, check_positive,
-                     check_sparsity)
+from .checks import LOSSES, check_choice, check_data, check_positive, check_sparsity
+from .pruning import SCOPES
+from .training import History
 
-__all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps", "check_schedule",
-           "grow_masks", "criterion_function", "GradualPruningResult", "csr_bytes",
-           "CompressedRow", "CompressedSize"]
+__all__ = ["SCOPES", "constant_sparsity", "polynomial_decay", "pruning_steps",
+           "check_schedule", "grow_masks", "criterion_function", "GradualPruningResult"]
 
 CRITERIA = ("magnitude", "random", "gradient", "snip", "taylor", "obd")
 DATA_CRITERIA = ("gradient", "snip", "taylor", "obd")
-INDEX_BITS = (8, 16, 32, 64)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -210,7 +206,7 @@ def grow_masks(scores, masks, eligible, sparsity: float, scope: str) -> list:
     alone for ``"layer"``) of ``n`` entries, ``k = round(sparsity * n)`` entries end up
     pruned: first every entry that ``masks`` already prunes (whatever its score), then the
     lowest-scoring of the others, ties broken by position (tensor order, then row-major
-    canonical index) as in :func:`companion.common.lowest_score_masks`. This is tfmot's
+    canonical index) as in :func:`companion.core.pruning.lowest_score_masks`. This is tfmot's
     rule, where pruned weights are zero and so rank lowest by magnitude, made exact for
     every criterion: masks only grow. If ``k`` is smaller than the number already pruned
     (a schedule whose sparsity fell), nothing more is pruned and nothing is restored.
@@ -302,7 +298,7 @@ class GradualPruningResult:
     """What ``prune_gradually`` returns.
 
     Attributes:
-        history: the :class:`~companion.common.History` of the training steps.
+        history: the :class:`~companion.core.training.History` of the training steps.
         masks: the final 0/1 masks, aligned with the trainable parameters (``None`` for
             a parameter that is not pruned), in the back end's own layout.
         steps: the steps at which pruning happened (before that step's update).
@@ -320,140 +316,4 @@ class GradualPruningResult:
         lines = [f"{'step':>8}{'target':>10}{'pruned':>10}"]
         for step, target, pruned in zip(self.steps, self.sparsities, self.pruned):
             lines.append(f"{step:>8}{target:>10.2%}{pruned:>10.2%}")
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- storage
-
-
-def _index_width(value: int, at_least: int) -> int:
-    """The narrowest unsigned width of :data:`INDEX_BITS`, ``>= at_least``, holding ``value``."""
-    return next(bits for bits in INDEX_BITS if bits >= at_least and value < 2**bits)
-
-
-@dataclass(frozen=True)
-class CompressedRow:
-    """One parameter in :class:`CompressedSize`: its bytes stored dense and sparse.
-
-    Attributes:
-        name: the parameter's name.
-        shape: its canonical shape.
-        nonzeros: its number of non-zero entries.
-        dense_bytes: ``size * itemsize``.
-        value_bytes: ``nonzeros * itemsize`` (CSR), or ``dense_bytes`` for a tensor of
-            fewer than two dimensions, which is stored dense.
-        index_bytes: the CSR column indices, ``nonzeros * index_bits / 8`` (0 if dense).
-        pointer_bytes: the CSR row pointers, ``(rows + 1) * pointer_bits / 8`` (0 if dense).
-        pointer_bits: the width of the row pointers (0 if dense).
-    """
-
-    name: str
-    shape: tuple
-    nonzeros: int
-    dense_bytes: int
-    value_bytes: int
-    index_bytes: int
-    pointer_bytes: int
-    pointer_bits: int
-
-    @property
-    def sparse_bytes(self) -> int:
-        """``value_bytes + index_bytes + pointer_bytes``."""
-        return self.value_bytes + self.index_bytes + self.pointer_bytes
-
-
-def csr_bytes(name: str, array, index_bits: int) -> CompressedRow:
-    """The bytes of ``array`` stored dense and in compressed sparse row (CSR) form.
-
-    A tensor of two or more dimensions, canonical shape ``(out, in, k...)``, is the matrix
-    of ``rows = out`` rows and ``cols = in * k...`` columns. CSR stores its ``nnz`` non-zero
-    values (the array's own dtype), one column index per value (``index_bits`` wide,
-    unsigned) and ``rows + 1`` row pointers, the offsets ``0 .. nnz`` of each row's first
-    value. Row pointers are ``index_bits`` wide too unless ``nnz`` needs more; then they
-    take the narrowest of 8/16/32/64 bits that holds ``nnz``. So::
-
-        sparse = nnz * itemsize + nnz * index_bits / 8 + (rows + 1) * pointer_bits / 8
-
-    the ``data``, ``indices`` and ``indptr`` of ``scipy.sparse.csr_matrix`` with those
-    dtypes. Biases and other tensors of fewer than two dimensions are stored dense (they
-    are small, and a sparse vector would need an index per value as well).
-
-    Args:
-        name: the parameter's name, for the record and error messages.
-        array: the canonical-layout array.
-        index_bits: the width of a column index: 8, 16, 32 or 64.
-
-    Raises:
-        ValueError: ``index_bits`` not one of 8, 16, 32, 64, or too narrow to address the
-            matrix's columns (``cols > 2**index_bits``); the message names the width
-            needed.
-    """
-    check_choice("index_bits", index_bits, INDEX_BITS)
-    array = np.asarray(array)
-    itemsize = array.dtype.itemsize
-    dense = array.size * itemsize
-    nonzeros = int(np.count_nonzero(array))
-    if array.ndim < 2:
-        return CompressedRow(name, array.shape, nonzeros, dense, dense, 0, 0, 0)
-    rows = array.shape[0]
-    cols = array.size // rows if rows else 0
-    if cols > 2**index_bits:
-        raise ValueError(f"{name} has {cols} columns: {index_bits}-bit column indices "
-                         f"address at most {2**index_bits}; use index_bits="
-                         f"{_index_width(cols - 1, 8)} or more")
-    pointer_bits = _index_width(nonzeros, int(index_bits))
-    return CompressedRow(name, array.shape, nonzeros, dense, nonzeros * itemsize,
-                         nonzeros * index_bits // 8, (rows + 1) * pointer_bits // 8,
-                         pointer_bits)
-
-
-@dataclass(frozen=True)
-class CompressedSize:
-    """The bytes of a model's weights stored dense and sparse (CSR), from ``compressed_size``.
-
-    ``str(record)`` is a table a notebook can print; ``ratio`` is ``dense / sparse``, how
-    many times smaller the sparse form is (below 1 it is larger: CSR pays an index per
-    value and only wins above some sparsity, e.g. 50 % for float32 values with 32-bit
-    indices).
-
-    Attributes:
-        rows: one :class:`CompressedRow` per trainable parameter.
-        index_bits: the width of a column index.
-    """
-
-    rows: tuple
-    index_bits: int
-
-    @classmethod
-    def from_arrays(cls, names, arrays, index_bits: int = 32) -> "CompressedSize":
-        """The record of canonical-layout ``arrays`` named ``names`` (see :func:`csr_bytes`)."""
-        check_choice("index_bits", index_bits, INDEX_BITS)
-        return cls(tuple(csr_bytes(name, array, index_bits)
-                         for name, array in zip(names, arrays)), int(index_bits))
-
-    @property
-    def dense_bytes(self) -> int:
-        """Bytes of every parameter stored dense."""
-        return sum(r.dense_bytes for r in self.rows)
-
-    @property
-    def sparse_bytes(self) -> int:
-        """Bytes with every tensor of two or more dimensions in CSR, the others dense."""
-        return sum(r.sparse_bytes for r in self.rows)
-
-    @property
-    def ratio(self) -> float:
-        """``dense_bytes / sparse_bytes`` (``inf`` for a model with no bytes to store)."""
-        return self.dense_bytes / self.sparse_bytes if self.sparse_bytes else math.inf
-
-    def __str__(self) -> str:
-        lines = [f"{'parameter':<16}{'shape':>10}{'nonzeros':>10}{'dense':>10}{'sparse':>10}"]
-        for r in self.rows:
-            shape = "x".join(map(str, r.shape))
-            lines.append(f"{r.name:<16}{shape:>10}{r.nonzeros:>10}{r.dense_bytes:>10}"
-                         f"{r.sparse_bytes:>10}")
-        lines.append(f"{'total':<16}{'':>10}{sum(r.nonzeros for r in self.rows):>10}"
-                     f"{self.dense_bytes:>10}{self.sparse_bytes:>10}")
-        lines.append(f"dense / sparse = {self.ratio:.2f} (CSR, {self.index_bits}-bit column "
-                     "indices)")
         return "\n".join(lines)
