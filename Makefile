@@ -3,6 +3,8 @@
 # make outputs  update each chapter's .ipynb from its text source (.md), re-execute it
 #               and store its outputs as nbval sees them
 #               (one chapter: make outputs CHAPTERS=book/ch03_gradient_pruning)
+# make seeds    re-run every chapter with its seeds shifted (OFFSETS="1 2") and list
+#               the cells whose asserts fail (not part of make test: slow)
 # make bench    time the companion's hot paths
 # make clean    remove built files (keeps .venv)
 
@@ -18,7 +20,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test outputs bench clean venv
+.PHONY: book test outputs seeds bench clean venv
 
 venv: $(STAMP)
 
@@ -44,6 +46,10 @@ test: $(STAMP) $(MATHJAX)/tex-chtml.js
 outputs: $(STAMP)
 	$(BIN)/jupytext --quiet --update --to ipynb $(addsuffix .md,$(CHAPTERS))
 	$(BIN)/python tools/store_outputs.py $(addsuffix .ipynb,$(CHAPTERS))
+
+OFFSETS ?= 1 2
+seeds: $(STAMP)
+	$(BIN)/python tools/shift_seeds.py --offsets $(OFFSETS) $(addsuffix .md,$(CHAPTERS))
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py

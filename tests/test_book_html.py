@@ -11,8 +11,9 @@ time is not disturbed), then checks it in two ways:
   driven by Playwright, opens every page of ``_toc.yml`` from a server on 127.0.0.1 and
   aborts every request that goes anywhere else. Each page must load with no console error
   and no failed request, show all its images, have all its math typeset by the book's own
-  MathJax, and offer a sidebar that reaches every page. The search page must find
-  "clipping", and the PyTorch/TensorFlow tabs must switch together. A screenshot of each
+  MathJax, need no horizontal scrolling in any code block (tabs and dropdowns opened),
+  and offer a sidebar that reaches every page. The search page must find "clipping",
+  and the PyTorch/TensorFlow tabs must switch together. A screenshot of each
   page's first screen is written to ``_build/screenshots/`` for a human to look at.
 
 Without Chromium the browser tests are skipped with a message saying how to install it,
@@ -307,12 +308,27 @@ PAGE_STATE_JS = r"""async () => {
     visible: a.checkVisibility(),
   }));
 
+  // Code blocks and printed outputs: none may need horizontal scrolling. Every tab and
+  // dropdown is opened for the measurement, so hidden code is checked too.
+  const reveal = document.createElement('style');
+  reveal.textContent = '.sd-tab-content { display: block !important; }';
+  document.head.appendChild(reveal);
+  const closed = [...document.querySelectorAll('details:not([open])')];
+  closed.forEach(d => { d.open = true; });
+  const overflowing = [...document.querySelectorAll('pre')]
+    .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
+    .map(pre => pre.textContent.split('\n')
+                   .reduce((a, b) => (a.length >= b.length ? a : b)).trim().slice(0, 90));
+  closed.forEach(d => { d.open = false; });
+  reveal.remove();
+
   return {
     title: document.title,
     mathjax: Boolean(window.MathJax && MathJax.version),
     formulas: formulas.length,
     typeset: document.querySelectorAll('mjx-container').length,
     untypeset, mathErrors, rawTex, brokenImages, images: images.length, sidebar,
+    overflowing, codeBlocks: document.querySelectorAll('pre').length,
   };
 }"""
 
@@ -467,6 +483,9 @@ def test_every_page_in_a_browser_offline(offline, base_url):
             problems.append(f"MathJax errors: {state['mathErrors'][:5]}")
         if state["rawTex"]:
             problems.append(f"raw TeX left in the text: {state['rawTex'][:5]}")
+        if state["overflowing"]:
+            problems.append(f"{len(state['overflowing'])} code blocks need horizontal "
+                            f"scrolling; their longest lines: {state['overflowing'][:5]}")
         links = {link["url"] for link in state["sidebar"]}
         visible = {link["url"] for link in state["sidebar"] if link["visible"]}
         if expected - links:
@@ -479,7 +498,8 @@ def test_every_page_in_a_browser_offline(offline, base_url):
             if not item.is_visible():
                 problems.append("the download menu does not show the .ipynb")
         report.append(f"{docname}: {state['images']} images, {state['typeset']} formulas "
-                      f"typeset, {len(state['sidebar'])} sidebar links, "
+                      f"typeset, {state['codeBlocks']} code blocks, "
+                      f"{len(state['sidebar'])} sidebar links, "
                       f"{len(problems)} problems")
         failures += [f"{docname}: {p}" for p in problems]
         page.close()
