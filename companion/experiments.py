@@ -215,10 +215,12 @@ class SeedSummary:
 
     @property
     def mean(self) -> float:
+        """The mean over the seeds."""
         return float(np.mean(self.values))
 
     @property
     def median(self) -> float:
+        """The median over the seeds."""
         return float(np.median(self.values))
 
     @property
@@ -269,6 +271,7 @@ class PairedComparison:
 
     @property
     def seeds(self) -> int:
+        """How many seeds the comparison pairs."""
         return len(self.differences.values)
 
     def a_is_larger(self) -> bool:
