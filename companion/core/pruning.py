@@ -171,7 +171,9 @@ def csr_bytes(name: str, array, index_bits: int) -> CompressedRow:
     value. Row pointers are ``index_bits`` wide too unless ``nnz`` needs more; then they
     take the narrowest of 8/16/32/64 bits that holds ``nnz``. So::
 
-        sparse = nnz * itemsize + nnz * index_bits / 8 + (rows + 1) * pointer_bits / 8
+        sparse = (nnz * itemsize                   # the values
+                  + nnz * index_bits / 8          # their column indices
+                  + (rows + 1) * pointer_bits / 8)  # the row pointers
 
     the ``data``, ``indices`` and ``indptr`` of ``scipy.sparse.csr_matrix`` with those
     dtypes. Biases and other tensors of fewer than two dimensions are stored dense (they

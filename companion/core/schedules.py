@@ -24,7 +24,7 @@ from .checks import LOSSES, check_choice, check_data, check_positive, check_spar
 from .pruning import SCOPES
 from .training import History
 
-__all__ = ["SCOPES", "constant_sparsity", "polynomial_decay", "pruning_steps",
+__all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps",
            "check_schedule", "grow_masks", "criterion_function", "GradualPruningResult"]
 
 CRITERIA = ("magnitude", "random", "gradient", "snip", "taylor", "obd")

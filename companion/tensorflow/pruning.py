@@ -271,7 +271,9 @@ def compressed_size(model, index_bits: int = 32) -> CompressedSize:
     matrix of ``out`` rows and ``in * k...`` columns; CSR stores its ``nnz`` non-zero
     values, one ``index_bits``-wide column index per value and ``out + 1`` row pointers::
 
-        sparse = nnz * itemsize + nnz * index_bits / 8 + (out + 1) * pointer_bits / 8
+        sparse = (nnz * itemsize                   # the values
+                  + nnz * index_bits / 8          # their column indices
+                  + (out + 1) * pointer_bits / 8)  # the row pointers
 
     (row pointers are ``index_bits`` wide unless ``nnz`` needs more). Biases are stored
     dense. ``print(compressed_size(model))`` shows a table; ``.dense_bytes``,

@@ -156,10 +156,11 @@ class GradualPruning(keras.callbacks.Callback):
     start of training and after every batch the weights are multiplied by the masks, as
     :class:`KeepMasks` does, so pruned weights are exactly zero after each step::
 
-        pruning = ctf.GradualPruning(
-            "magnitude", lambda t: ctf.polynomial_decay(t, 0.0, 0.9, 0, 100, frequency=10))
+        schedule = lambda t: ctf.polynomial_decay(t, 0.0, 0.9, 0, 100, frequency=10)
+        pruning = ctf.GradualPruning("magnitude", schedule)
         model.fit(x, y, epochs=5, callbacks=[pruning])
-        pruning.masks  # the final masks; pruning.steps, .sparsities, .pruned as in prune_gradually
+        pruning.masks  # the final masks
+        pruning.steps, pruning.sparsities, pruning.pruned  # as in prune_gradually
 
     It needs ``steps_per_execution=1`` (Keras' default), since callbacks run between
     executions. The masks persist across ``fit`` calls on the same model.
