@@ -18,8 +18,6 @@ framework-neutral NumPy work, so ``companion.torch`` gives the same numbers.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import tensorflow as tf
 
@@ -28,10 +26,10 @@ from ..core.checks import (LOSSES, check_choice, check_matching_shapes, check_po
 from ..core.curvature import (check_hessian_size, check_method, check_obs_memory, check_seed,
                               fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
                               power_iteration)
-from .models import (_kernel_permutation, from_canonical, get_weights, parameter_names,
-                     set_weights, trainable_parameters)
-from .runtime import as_tensor
-from .training import _mean_loss, check_model_data
+from .models import (_canonical_order, _flatten, _unflatten, from_canonical, get_weights,
+                     parameter_names, set_weights, trainable_parameters)
+from .runtime import as_tensor, compiled_for
+from .training import _mean_loss, _per_sample_gradients, check_model_data
 
 __all__ = ["hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
            "obd_scores", "obs_prune"]
@@ -40,16 +38,6 @@ __all__ = ["hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenv
 _ROW_CHUNK_BYTES = 2**25
 _ZERO = tf.UnconnectedGradients.ZERO
 
-# One compiled function per (model, kind, loss, ...), so repeated calls do not retrace.
-_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _compiled(model, key, make):
-    per_model = _COMPILED.setdefault(model, {})
-    if key not in per_model:
-        per_model[key] = make()
-    return per_model[key]
-
 
 def _data(model, x, y, loss: str):
     """Check ``loss`` and ``(x, y)``; return them as tensors like the variables."""
@@ -57,40 +45,6 @@ def _data(model, x, y, loss: str):
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return as_tensor(x, like), as_tensor(y, like)
-
-
-def _canonical_order(model, selected=None) -> np.ndarray:
-    """``order[c]``: the position, in the variables' own (Keras) flattening, of the entry
-    at position ``c`` of the canonical flattening (kernels transposed to ``(out, in, k...)``).
-
-    Over the variables ``selected`` (indices, default all), concatenated in order.
-    """
-    variables = trainable_parameters(model)
-    selected = range(len(variables)) if selected is None else selected
-    parts, offset = [], 0
-    for i in selected:
-        shape = tuple(variables[i].shape)
-        native = np.arange(offset, offset + int(np.prod(shape, dtype=np.int64))).reshape(shape)
-        perm = _kernel_permutation(variables[i], len(shape))
-        parts.append((native if perm is None else native.transpose(perm)).ravel())
-        offset += native.size
-    return np.concatenate(parts)
-
-
-def _flatten(tensors, order: np.ndarray) -> np.ndarray:
-    """Tensors in Keras' layout as one float64 vector in the canonical flattening order."""
-    native = np.concatenate([np.asarray(t, np.float64).ravel() for t in tensors])
-    return native[order]
-
-
-def _unflatten(model, flat, order: np.ndarray) -> list:
-    """A vector in the canonical flattening order as tensors aligned with the variables."""
-    variables = trainable_parameters(model)
-    native = np.empty(len(order))
-    native[order] = flat
-    sizes = np.cumsum([0] + [int(np.prod(v.shape, dtype=np.int64)) for v in variables])
-    return [tf.constant(native[a:b].reshape(tuple(v.shape)), dtype=v.dtype)
-            for v, a, b in zip(variables, sizes[:-1], sizes[1:])]
 
 
 def _hvp_function(model, loss: str):
@@ -102,14 +56,14 @@ def _hvp_function(model, loss: str):
         def hessian_vector_product(x, y, vectors):
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
-                    value = _mean_loss(model(x), y, loss)
+                    value = _mean_loss(model(x, training=False), y, loss)
                 grads = inner.gradient(value, variables, unconnected_gradients=_ZERO)
             return outer.gradient(grads, variables, output_gradients=vectors,
                                   unconnected_gradients=_ZERO)
 
         return hessian_vector_product
 
-    return _compiled(model, ("hvp", loss), make)
+    return compiled_for(model, ("hvp", loss), make)
 
 
 def _vectors(model, vectors) -> list:
@@ -166,7 +120,7 @@ def _rows_function(model, loss: str):
         def hessian_rows(x, y, rows):
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
-                    value = _mean_loss(model(x), y, loss)
+                    value = _mean_loss(model(x, training=False), y, loss)
                 grads = inner.gradient(value, variables, unconnected_gradients=_ZERO)
                 flat = tf.gather(tf.concat([tf.reshape(g, [-1]) for g in grads], 0), rows)
             # A while loop over the rows, not pfor: pfor cannot vectorise the second
@@ -178,7 +132,7 @@ def _rows_function(model, loss: str):
 
         return hessian_rows
 
-    return _compiled(model, ("rows", loss), make)
+    return compiled_for(model, ("rows", loss), make)
 
 
 def _hessian_rows(model, x, y, loss: str, rows):
@@ -230,46 +184,6 @@ def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) 
     x, y = _data(model, x, y, loss)
     return np.concatenate([block for _, block in _hessian_rows(model, x, y, loss,
                                                                 np.arange(n))])
-
-
-def _example_losses(output: tf.Tensor, target: tf.Tensor, loss: str) -> tf.Tensor:
-    """Each example's own loss (its term of :func:`loss_value`'s mean), a vector."""
-    if loss == "cross_entropy":
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(target, output)
-    squared = tf.square(output - tf.reshape(target, tf.shape(output)))
-    return tf.reduce_mean(tf.reshape(squared, [tf.shape(output)[0], -1]), axis=1)
-
-
-def _per_sample_function(model, loss: str, selected: tuple):
-    """A ``tf.function`` ``(x, y) -> (k, n_selected)`` per-sample gradients, Keras order."""
-    variables = [trainable_parameters(model)[i] for i in selected]
-
-    def make():
-        @tf.function(reduce_retracing=True)
-        def per_sample_gradients(x, y):
-            with tf.GradientTape() as tape:
-                losses = _example_losses(model(x), y, loss)
-            jacobian = tape.jacobian(losses, variables, unconnected_gradients=_ZERO)
-            return tf.concat([tf.reshape(j, [tf.shape(x)[0], -1]) for j in jacobian], 1)
-
-        return per_sample_gradients
-
-    return _compiled(model, ("per_sample", loss, selected), make)
-
-
-def _per_sample_gradients(model, x, y, loss: str, batch_size: int, selected):
-    """Yield per-sample gradients of the variables ``selected`` (indices), as NumPy arrays
-    ``(k, n_selected)`` in the canonical flattening order, ``batch_size`` examples at a time.
-
-    Row ``i`` is the gradient of example ``i``'s own loss (its term of the mean), computed
-    for a whole chunk at once as the Jacobian of the per-example losses.
-    """
-    selected = tuple(selected)
-    order = _canonical_order(model, selected)
-    function = _per_sample_function(model, loss, selected)
-    for start in range(0, int(x.shape[0]), batch_size):
-        yield function(x[start:start + batch_size], y[start:start + batch_size]).numpy()[
-            :, order]
 
 
 def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, seed: int = 0,

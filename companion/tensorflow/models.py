@@ -230,3 +230,37 @@ def _check_aligned(model, items: list) -> None:
     if len(items) != expected:
         raise ValueError(f"expected one entry per trainable parameter ({expected}: "
                          f"{', '.join(parameter_names(model))}), got {len(items)}")
+
+
+def _canonical_order(model, selected=None) -> np.ndarray:
+    """``order[c]``: the position, in the variables' own (Keras) flattening, of the entry
+    at position ``c`` of the canonical flattening (kernels transposed to ``(out, in, k...)``).
+
+    Over the variables ``selected`` (indices, default all), concatenated in order.
+    """
+    variables = trainable_parameters(model)
+    selected = range(len(variables)) if selected is None else selected
+    parts, offset = [], 0
+    for i in selected:
+        shape = tuple(variables[i].shape)
+        native = np.arange(offset, offset + int(np.prod(shape, dtype=np.int64))).reshape(shape)
+        perm = _kernel_permutation(variables[i], len(shape))
+        parts.append((native if perm is None else native.transpose(perm)).ravel())
+        offset += native.size
+    return np.concatenate(parts)
+
+
+def _flatten(tensors, order: np.ndarray) -> np.ndarray:
+    """Tensors in Keras' layout as one float64 vector in the canonical flattening order."""
+    native = np.concatenate([np.asarray(t, np.float64).ravel() for t in tensors])
+    return native[order]
+
+
+def _unflatten(model, flat, order: np.ndarray) -> list:
+    """A vector in the canonical flattening order as tensors aligned with the variables."""
+    variables = trainable_parameters(model)
+    native = np.empty(len(order))
+    native[order] = flat
+    sizes = np.cumsum([0] + [int(np.prod(v.shape, dtype=np.int64)) for v in variables])
+    return [tf.constant(native[a:b].reshape(tuple(v.shape)), dtype=v.dtype)
+            for v, a, b in zip(variables, sizes[:-1], sizes[1:])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import weakref
 
 import keras
 import numpy as np
@@ -56,3 +57,22 @@ def as_tensor(array, like) -> tf.Tensor:
     if np.issubdtype(array.dtype, np.floating):
         return tf.convert_to_tensor(array, dtype=like.dtype)
     return tf.convert_to_tensor(array)
+
+
+# One compiled function per (model, what it computes, its trainable variables).
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_for(model, key, make):
+    """The compiled function ``make()`` for ``model`` and ``key``, made once.
+
+    A ``tf.function`` captures the model's trainable variables when it traces, so they are
+    part of the key: after ``layer.trainable = ...`` the next call makes a new function
+    instead of reusing one that would differentiate the old variables. The cache holds the
+    model weakly.
+    """
+    per_model = _COMPILED.setdefault(model, {})
+    key = (key, tuple(id(v) for v in model.trainable_variables))
+    if key not in per_model:
+        per_model[key] = make()
+    return per_model[key]

@@ -1,10 +1,17 @@
-"""Losses, gradients, evaluation and a training loop, TensorFlow back end."""
+"""Losses, gradients, evaluation and a training loop, TensorFlow back end.
+
+**The mode rule.** :func:`train` calls the model with ``training=True`` (Dropout on,
+BatchNorm normalising by the batch and updating its moving statistics). Everything that
+measures (:func:`evaluate`, :func:`predict`, :func:`loss_value`, :func:`gradients`, the
+pruning scores, curvature) calls it with ``training=False``, so it gives the same numbers
+on every call and changes no moving statistic; the gradient is then the gradient of
+:func:`loss_value`.
+"""
 
 from __future__ import annotations
 
 import math
 import sys
-import weakref
 
 import keras
 import numpy as np
@@ -16,13 +23,11 @@ from ..core.checks import (LOSSES, check_choice, check_data, check_inputs, check
 from ..core.training import History, minibatches, nonfinite_message, NonFiniteError
 from .clipping import Clip, clip_function
 from .diagnostics import total_norm
-from .models import parameter_names, trainable_parameters
-from .runtime import as_tensor
+from .models import _canonical_order, parameter_names, trainable_parameters
+from .runtime import as_tensor, compiled_for
 
 __all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", "train"]
 
-# One compiled gradient function per (model, loss), so repeated calls do not retrace.
-_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _mean_loss(output: tf.Tensor, target: tf.Tensor, loss: str) -> tf.Tensor:
@@ -67,26 +72,32 @@ def loss_value(model, x, y, loss: str = "cross_entropy") -> tf.Tensor:
     check_choice("loss", loss, LOSSES)
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
-    return _mean_loss(model(as_tensor(x, like)), as_tensor(y, like), loss)
+    return _mean_loss(model(as_tensor(x, like), training=False), as_tensor(y, like), loss)
 
 
-def _compiled_gradients(model, loss: str):
-    """A ``tf.function`` ``(x, y) -> (loss, output, grads, ||grads||_2)``, made once per model.
+def _compiled_gradients(model, loss: str, training: bool):
+    """A ``tf.function`` ``(x, y) -> (loss, output, grads, ||grads||_2)``, made once per
+    model, loss, mode and set of trainable variables (it captures them when it traces, so
+    after ``layer.trainable = ...`` a new one is made).
 
-    The norm is :func:`total_norm` (float64), as ``global_norm`` in the PyTorch loop.
+    ``training`` is the Keras call's mode: ``True`` to train (Dropout on, BatchNorm on the
+    batch's statistics, updating its moving ones), ``False`` to measure. The norm is
+    :func:`total_norm` (float64), as ``global_norm`` in the PyTorch loop.
     """
-    per_model = _COMPILED.setdefault(model, {})
-    if loss not in per_model:
+    variables = trainable_parameters(model)
+
+    def make():
         @tf.function(reduce_retracing=True)
         def loss_output_gradients(x, y):
             with tf.GradientTape() as tape:
-                output = model(x, training=True)
+                output = model(x, training=training)
                 value = _mean_loss(output, y, loss)
-            grads = tape.gradient(value, trainable_parameters(model))
+            grads = tape.gradient(value, variables)
             return value, output, grads, total_norm(grads)
 
-        per_model[loss] = loss_output_gradients
-    return per_model[loss]
+        return loss_output_gradients
+
+    return compiled_for(model, ("gradients", loss, training), make)
 
 
 def gradients(model, x, y, loss: str = "cross_entropy") -> list:
@@ -108,7 +119,8 @@ def gradients(model, x, y, loss: str = "cross_entropy") -> list:
     check_choice("loss", loss, LOSSES)
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
-    _, _, grads, _ = _compiled_gradients(model, loss)(as_tensor(x, like), as_tensor(y, like))
+    compiled = _compiled_gradients(model, loss, training=False)
+    _, _, grads, _ = compiled(as_tensor(x, like), as_tensor(y, like))
     return list(grads)
 
 
@@ -135,7 +147,7 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
     inputs = as_tensor(x, like)
     with tf.GradientTape() as tape:
         tape.watch(inputs)
-        value = _mean_loss(model(inputs), as_tensor(y, like), loss)
+        value = _mean_loss(model(inputs, training=False), as_tensor(y, like), loss)
     return tape.gradient(value, inputs).numpy()
 
 
@@ -278,7 +290,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     masked = [(v, m) for v, m in zip(variables, masks) if m is not None]
     _mask_weights(masked)
     opt = _optimizer(optimizer, lr, momentum)
-    step_gradients = _compiled_gradients(model, loss)
+    step_gradients = _compiled_gradients(model, loss, training=True)
 
     # Keras' own fit() compiles the update too; eagerly it costs ~10x the gradient.
     @tf.function
@@ -320,3 +332,44 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
             bar.update()
             bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)
     return history
+
+
+def _example_losses(output: tf.Tensor, target: tf.Tensor, loss: str) -> tf.Tensor:
+    """Each example's own loss (its term of :func:`loss_value`'s mean), a vector."""
+    if loss == "cross_entropy":
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(target, output)
+    squared = tf.square(output - tf.reshape(target, tf.shape(output)))
+    return tf.reduce_mean(tf.reshape(squared, [tf.shape(output)[0], -1]), axis=1)
+
+
+def _per_sample_function(model, loss: str, selected: tuple):
+    """A ``tf.function`` ``(x, y) -> (k, n_selected)`` per-sample gradients, Keras order."""
+    variables = [trainable_parameters(model)[i] for i in selected]
+
+    def make():
+        @tf.function(reduce_retracing=True)
+        def per_sample_gradients(x, y):
+            with tf.GradientTape() as tape:
+                losses = _example_losses(model(x, training=False), y, loss)
+            jacobian = tape.jacobian(losses, variables,
+                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return tf.concat([tf.reshape(j, [tf.shape(x)[0], -1]) for j in jacobian], 1)
+
+        return per_sample_gradients
+
+    return compiled_for(model, ("per_sample", loss, selected), make)
+
+
+def _per_sample_gradients(model, x, y, loss: str, batch_size: int, selected):
+    """Yield per-sample gradients of the variables ``selected`` (indices), as NumPy arrays
+    ``(k, n_selected)`` in the canonical flattening order, ``batch_size`` examples at a time.
+
+    Row ``i`` is the gradient of example ``i``'s own loss (its term of the mean), computed
+    for a whole chunk at once as the Jacobian of the per-example losses.
+    """
+    selected = tuple(selected)
+    order = _canonical_order(model, selected)
+    function = _per_sample_function(model, loss, selected)
+    for start in range(0, int(x.shape[0]), batch_size):
+        yield function(x[start:start + batch_size], y[start:start + batch_size]).numpy()[
+            :, order]

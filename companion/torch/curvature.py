@@ -8,6 +8,10 @@ differentiated again), so the Hessian ``H = d²L/dθ²`` is never formed unless 
 ``torch.func.vmap(torch.func.grad(...))`` over ``torch.func.functional_call``: one
 vectorised call per chunk of examples, no loop over examples.
 
+Every function measures: it runs the model in inference mode (``model.eval()``) and gives
+every module back its mode, so Dropout is off, BatchNorm uses its running statistics and
+no buffer changes (``companion.torch.runtime``).
+
 Vectors in the canonical flattening order (parameters in order, each flattened row-major in
 the canonical layout) connect the two back ends: :mod:`companion.core.curvature` draws the
 random probes in that order and does the framework-neutral NumPy work, so
@@ -18,17 +22,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, vmap
 
 from ..core.checks import (LOSSES, check_choice, check_matching_shapes, check_positive,
                            check_positive_int, check_sparsity)
 from ..core.curvature import (check_hessian_size, check_method, check_obs_memory, check_seed,
                               fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
                               power_iteration)
-from .models import (from_canonical, get_weights, parameter_names, set_weights,
-                     trainable_parameters)
-from .runtime import as_tensor
-from .training import _mean_loss, check_model_data
+from .models import (_flatten, _unflatten, from_canonical, get_weights, parameter_names,
+                     set_weights, trainable_parameters)
+from .runtime import as_tensor, measured_in_inference_mode
+from .training import _mean_loss, _per_sample_gradients, check_model_data
 
 __all__ = ["hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
            "obd_scores", "obs_prune"]
@@ -43,20 +46,6 @@ def _data(model, x, y, loss: str):
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return as_tensor(x, like), as_tensor(y, like)
-
-
-def _flatten(tensors) -> np.ndarray:
-    """Tensors in PyTorch's (canonical) layout as one float64 vector, in order."""
-    return torch.cat([t.detach().reshape(-1) for t in tensors]).cpu().numpy().astype(
-        np.float64)
-
-
-def _unflatten(model, flat) -> list:
-    """A vector in the canonical flattening order as tensors aligned with the parameters."""
-    params = trainable_parameters(model)
-    sizes = np.cumsum([0] + [p.numel() for p in params])
-    return from_canonical(model, [np.reshape(flat[a:b], tuple(p.shape))
-                                  for p, a, b in zip(params, sizes[:-1], sizes[1:])])
 
 
 def _gradient_graph(model, x, y, loss: str):
@@ -90,6 +79,7 @@ def _vectors(model, vectors) -> list:
                             dtype=p.dtype, device=p.device) for v, p in zip(vectors, params)]
 
 
+@measured_in_inference_mode
 def hvp(model, x, y, vectors, loss: str = "cross_entropy") -> list:
     """The Hessian-vector product ``H v`` of the mean loss, without forming ``H``.
 
@@ -146,6 +136,7 @@ def _parameter_count(model) -> int:
     return sum(p.numel() for p in trainable_parameters(model))
 
 
+@measured_in_inference_mode
 def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) -> np.ndarray:
     """The dense Hessian ``H_jk = d²L / dθ_j dθ_k`` of the mean loss, for small models.
 
@@ -176,31 +167,7 @@ def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) 
                                                                 np.arange(n))])
 
 
-def _per_sample_gradients(model, x, y, loss: str, batch_size: int, selected):
-    """Yield per-sample gradients of the parameters ``selected`` (indices), as NumPy arrays
-    ``(k, n_selected)`` in the canonical flattening order, ``batch_size`` examples at a time.
-
-    Row ``i`` is the gradient of example ``i``'s own loss (its term of the mean), computed
-    for a whole chunk at once by ``vmap(grad(...))`` over ``functional_call``.
-    """
-    names = parameter_names(model)
-    params = trainable_parameters(model)
-    chosen = {names[i]: params[i].detach() for i in selected}
-
-    def example_loss(weights, xi, yi):
-        return _mean_loss(functional_call(model, weights, (xi.unsqueeze(0),)),
-                          yi.unsqueeze(0), loss)
-
-    per_example = vmap(grad(example_loss), in_dims=(None, 0, 0))
-    for start in range(0, len(x), batch_size):
-        with torch.no_grad():  # torch.func.grad still differentiates; nothing else records
-            grads = per_example(chosen, x[start:start + batch_size],
-                                y[start:start + batch_size])
-        count = min(batch_size, len(x) - start)
-        yield torch.cat([grads[names[i]].reshape(count, -1) for i in selected],
-                        1).cpu().numpy()
-
-
+@measured_in_inference_mode
 def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, seed: int = 0,
                      loss: str = "cross_entropy", batch_size: int = 256) -> list:
     """The diagonal ``H_qq`` of the Hessian of the mean loss, exactly or estimated.
@@ -253,6 +220,7 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
     return _unflatten(model, diagonal)
 
 
+@measured_in_inference_mode
 def hutchinson_trace(model, x, y, samples: int = 100, seed: int = 0,
                      loss: str = "cross_entropy") -> float:
     """Hutchinson's estimate of ``tr(H) ~ (1/S) sum_s v_s^T H v_s`` (Hutchinson 1989).
@@ -280,6 +248,7 @@ def hutchinson_trace(model, x, y, samples: int = 100, seed: int = 0,
     return float(np.sum(hutchinson_diagonal(operator, _parameter_count(model), samples, seed)))
 
 
+@measured_in_inference_mode
 def top_eigenvalue(model, x, y, iterations: int = 100, tol: float = 1e-6, seed: int = 0,
                    loss: str = "cross_entropy", return_vector: bool = False):
     """The Hessian's dominant eigenvalue (largest ``|lambda|``) by power iteration.
@@ -318,6 +287,7 @@ def top_eigenvalue(model, x, y, iterations: int = 100, tol: float = 1e-6, seed: 
     return (eigenvalue, _unflatten(model, vector)) if return_vector else eigenvalue
 
 
+@measured_in_inference_mode
 def obd_scores(model, x, y, method: str = "exact", samples: int = 100, seed: int = 0,
                loss: str = "cross_entropy", batch_size: int = 256) -> list:
     """Optimal Brain Damage saliency ``s_q = 1/2 H_qq w_q^2`` (LeCun et al. 1990).
@@ -347,6 +317,7 @@ def obd_scores(model, x, y, method: str = "exact", samples: int = 100, seed: int
     return [0.5 * d * p.detach() ** 2 for d, p in zip(diagonal, trainable_parameters(model))]
 
 
+@measured_in_inference_mode
 def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: int = 128,
               loss: str = "cross_entropy", batch_size: int = 256,
               max_bytes: float = 2**30) -> list:

@@ -228,3 +228,17 @@ def _check_aligned(model: nn.Module, items: list) -> None:
     if len(items) != expected:
         raise ValueError(f"expected one entry per trainable parameter ({expected}: "
                          f"{', '.join(parameter_names(model))}), got {len(items)}")
+
+
+def _flatten(tensors) -> np.ndarray:
+    """Tensors in PyTorch's (canonical) layout as one float64 vector, in order."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors]).cpu().numpy().astype(
+        np.float64)
+
+
+def _unflatten(model, flat) -> list:
+    """A vector in the canonical flattening order as tensors aligned with the parameters."""
+    params = trainable_parameters(model)
+    sizes = np.cumsum([0] + [p.numel() for p in params])
+    return from_canonical(model, [np.reshape(flat[a:b], tuple(p.shape))
+                                  for p, a, b in zip(params, sizes[:-1], sizes[1:])])

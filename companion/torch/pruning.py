@@ -2,6 +2,8 @@
 
 Scores and masks are lists aligned with :func:`trainable_parameters`, in each
 parameter's own layout; masks are 0/1 tensors (``None`` for a parameter left whole).
+The data-dependent scores measure: they run the model in inference mode and give every
+module back its mode (``companion.torch.runtime``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from ..core.pruning import (SCOPES, CompressedSize, data_batches, lowest_score_m
                             random_canonical_scores, SparsityReport)
 from .models import (from_canonical, get_weights, parameter_names, to_canonical,
                      trainable_parameters)
+from .runtime import measured_in_inference_mode
 from .training import gradients
 
 __all__ = ["magnitude_scores", "random_scores", "gradient_scores", "snip_scores",
@@ -53,6 +56,7 @@ def _batch_gradients(model, x, y, batch_size: int, loss: str):
         yield len(x[batch]) / len(x), gradients(model, x[batch], y[batch], loss)
 
 
+@measured_in_inference_mode
 def gradient_scores(model, x, y, *, batch_size: int = 1000,
                     loss: str = "cross_entropy") -> list:
     """Gradient magnitude ``s_q = |dL/dw_q|`` of the mean loss over all of ``(x, y)``.
@@ -78,6 +82,7 @@ def gradient_scores(model, x, y, *, batch_size: int = 1000,
     return [t.abs() for t in total]
 
 
+@measured_in_inference_mode
 def snip_scores(model, x, y, *, batch_size: int = 1000, loss: str = "cross_entropy") -> list:
     """SNIP connection sensitivity ``s_q = |dL/dw_q * w_q|`` (Lee et al. 2019).
 
@@ -100,6 +105,7 @@ def snip_scores(model, x, y, *, batch_size: int = 1000, loss: str = "cross_entro
     return [g * p.detach().abs() for g, p in zip(grads, trainable_parameters(model))]
 
 
+@measured_in_inference_mode
 def taylor_scores(model, x, y, *, batch_size: int = 64, loss: str = "cross_entropy") -> list:
     """First-order Taylor importance ``s_q = mean_b (dL_b/dw_q * w_q)^2`` (Molchanov et al. 2019).
 

@@ -1,13 +1,23 @@
-"""Seeding and device choice for the PyTorch back end."""
+"""Seeding, device choice, tensors and train/eval modes for the PyTorch back end.
+
+**The mode rule.** Functions that train (:func:`train`, :func:`prune_gradually`) run the
+model in training mode and give it back in the modes its modules had. Everything that
+measures (:func:`evaluate`, :func:`predict`, :func:`loss_value`, :func:`gradients`, the
+pruning scores, curvature) runs in inference mode (``model.eval()``: Dropout off,
+BatchNorm on its running statistics), so it gives the same numbers on every call and
+changes no buffer; it too restores the caller's modes.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "device", "as_tensor"]
+__all__ = ["seed_everything", "device", "as_tensor", "inference_mode", "training_mode"]
 
 
 def seed_everything(seed: int) -> None:
@@ -49,3 +59,47 @@ def as_tensor(array, like: torch.Tensor) -> torch.Tensor:
     """
     tensor = torch.as_tensor(np.asarray(array), device=like.device)
     return tensor.to(like.dtype) if tensor.is_floating_point() else tensor
+
+
+@contextlib.contextmanager
+def _mode(model: torch.nn.Module, training: bool):
+    saved = [(module, module.training) for module in model.modules()]
+    model.train(training)
+    try:
+        yield model
+    finally:
+        for module, was_training in saved:
+            module.training = was_training
+
+
+def inference_mode(model: torch.nn.Module):
+    """``with inference_mode(model):`` runs ``model.eval()`` inside, and afterwards gives
+    every submodule back the mode it had (a frozen BatchNorm in eval mode inside a model in
+    training mode stays so).
+
+    Gradients still flow (unlike ``torch.inference_mode``): this is about Dropout and
+    BatchNorm, not autograd.
+
+    Args:
+        model: a ``torch.nn.Module``.
+    """
+    return _mode(model, False)
+
+
+def training_mode(model: torch.nn.Module):
+    """``with training_mode(model):`` runs ``model.train()`` inside, and afterwards gives
+    every submodule back the mode it had.
+
+    Args:
+        model: a ``torch.nn.Module``.
+    """
+    return _mode(model, True)
+
+
+def measured_in_inference_mode(function):
+    """Decorate ``function(model, ...)`` to run with ``model`` in :func:`inference_mode`."""
+    @functools.wraps(function)
+    def in_inference_mode(model, *args, **kwargs):
+        with inference_mode(model):
+            return function(model, *args, **kwargs)
+    return in_inference_mode

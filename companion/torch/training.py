@@ -15,7 +15,7 @@ from ..core.training import History, minibatches, nonfinite_message, NonFiniteEr
 from .clipping import clip_function
 from .diagnostics import global_norm
 from .models import parameter_names, trainable_parameters
-from .runtime import as_tensor
+from .runtime import as_tensor, inference_mode, measured_in_inference_mode, training_mode
 
 __all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", "train"]
 
@@ -30,18 +30,23 @@ def check_model_data(model, x, y, loss: str):
     """
     x, y = check_data(x, y, loss)
     if loss == "cross_entropy":
-        with torch.no_grad():
+        # One example: in training mode BatchNorm would refuse it (and count a batch).
+        with torch.no_grad(), inference_mode(model):
             output = model(as_tensor(x[:1], trainable_parameters(model)[0]))
         check_labels(y, int(output.shape[-1]))
     return x, y
 
 
+@measured_in_inference_mode
 def loss_value(model, x, y, loss: str = "cross_entropy") -> torch.Tensor:
     """The mean loss of ``model`` on ``(x, y)`` as a scalar tensor (differentiable).
 
     * ``"cross_entropy"``: ``-(1/n) sum_i log softmax(f(x_i))_{y_i}``; the model returns
       logits and ``y`` holds integer class labels.
     * ``"mse"``: ``(1/(n d)) sum_i ||f(x_i) - y_i||^2``, the mean over every entry.
+
+    Runs in inference mode (``model.eval()``: Dropout off, BatchNorm on its running
+    statistics) and gives every module back its mode; no buffer changes.
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
@@ -66,10 +71,13 @@ def _mean_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.T
     return torch.nn.functional.mse_loss(output, target.reshape(output.shape))
 
 
+@measured_in_inference_mode
 def gradients(model, x, y, loss: str = "cross_entropy") -> list:
     """``[dL/dθ for θ in trainable parameters]`` of the mean loss on ``(x, y)``.
 
     The gradients are returned, not stored in ``.grad``: the model is not changed.
+    Runs in inference mode (``model.eval()``: Dropout off, BatchNorm on its running
+    statistics) and gives every module back its mode; no buffer changes.
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
@@ -85,11 +93,14 @@ def gradients(model, x, y, loss: str = "cross_entropy") -> list:
     return list(torch.autograd.grad(loss_value(model, x, y, loss), trainable_parameters(model)))
 
 
+@measured_in_inference_mode
 def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
     """``dL/dx``: the gradient of the mean loss with respect to the inputs, as NumPy.
 
     Same shape as ``x``. For a sequence model, ``||dL/dx_t||`` against ``t`` shows how far
     back in time the gradient reaches (it vanishes or explodes with the distance ``T - t``).
+    Runs in inference mode (``model.eval()``: Dropout off, BatchNorm on its running
+    statistics) and gives every module back its mode; no buffer changes.
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
@@ -110,11 +121,14 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
     return torch.autograd.grad(value, inputs)[0].cpu().numpy()
 
 
+@measured_in_inference_mode
 def predict(model, x, batch_size: int = 1024) -> np.ndarray:
     """The model's outputs on ``x`` as a NumPy array: logits for a classifier.
 
     Computed without gradients, ``batch_size`` examples at a time;
     ``predict(model, x).argmax(axis=1)`` gives the predicted classes.
+    Runs in inference mode (``model.eval()``: Dropout off, BatchNorm on its running
+    statistics) and gives every module back its mode; no buffer changes.
 
     Args:
         model: a model of this back end, e.g. from :func:`mlp` or :func:`rnn`.
@@ -133,11 +147,14 @@ def predict(model, x, batch_size: int = 1024) -> np.ndarray:
                                for start in range(0, len(x), batch_size)])
 
 
+@measured_in_inference_mode
 def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -> dict:
     """Mean loss, and accuracy for ``"cross_entropy"``, over all of ``(x, y)``.
 
     Returns ``{"loss": float, "accuracy": float}`` (``{"loss": float}`` for ``"mse"``).
     Batches only bound memory; the result is the mean over every example.
+    Runs in inference mode (``model.eval()``: Dropout off, BatchNorm on its running
+    statistics) and gives every module back its mode; no buffer changes.
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
@@ -198,6 +215,9 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     add epsilon at different places, so Adam runs agree across back ends only to about
     1e-3, while SGD runs agree to float32 rounding.
 
+    The model trains in training mode (``model.train()``) and is given back with every
+    module in the mode it had.
+
     Args:
         clip: ``None``, a rule such as ``Clip("global_norm", 1.0)`` (see
             :class:`companion.core.clipping.Clip`), or any function ``grads -> grads``; applied
@@ -246,8 +266,8 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     opt = _optimizer(params, optimizer, lr, momentum)
     history = History()
     total = epochs * math.ceil(len(x) / batch_size)
-    model.train()
-    with tqdm(total=total, desc="train", file=sys.stdout, disable=not progress) as bar:
+    with training_mode(model), tqdm(total=total, desc="train", file=sys.stdout,
+                                    disable=not progress) as bar:
         for step, batch in enumerate(minibatches(len(x), batch_size, epochs, seed)):
             new_masks = None if before_step is None else before_step(step)
             if new_masks is not None:
@@ -277,3 +297,28 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
             bar.update()
             bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)
     return history
+
+
+def _per_sample_gradients(model, x, y, loss: str, batch_size: int, selected):
+    """Yield per-sample gradients of the parameters ``selected`` (indices), as NumPy arrays
+    ``(k, n_selected)`` in the canonical flattening order, ``batch_size`` examples at a time.
+
+    Row ``i`` is the gradient of example ``i``'s own loss (its term of the mean), computed
+    for a whole chunk at once by ``vmap(grad(...))`` over ``functional_call``.
+    """
+    names = parameter_names(model)
+    params = trainable_parameters(model)
+    chosen = {names[i]: params[i].detach() for i in selected}
+
+    def example_loss(weights, xi, yi):
+        return _mean_loss(torch.func.functional_call(model, weights, (xi.unsqueeze(0),)),
+                          yi.unsqueeze(0), loss)
+
+    per_example = torch.func.vmap(torch.func.grad(example_loss), in_dims=(None, 0, 0))
+    for start in range(0, len(x), batch_size):
+        with torch.no_grad():  # torch.func.grad still differentiates; nothing else records
+            grads = per_example(chosen, x[start:start + batch_size],
+                                y[start:start + batch_size])
+        count = min(batch_size, len(x) - start)
+        yield torch.cat([grads[names[i]].reshape(count, -1) for i in selected],
+                        1).cpu().numpy()
