@@ -161,3 +161,23 @@ def test_keras_trainable_changes_between_calls_give_fresh_numbers():
     assert len(ctf.gradients(model, x, y)) == 4
     np.testing.assert_equal(ctf.hessian(model, x, y).shape, full.shape)
     ctf.train(model, x, y, epochs=1, lr=0.01, batch_size=8, progress=False)
+
+
+# --------------------------------------------------------------------------- failure
+
+
+def test_a_clip_function_that_makes_nan_stops_training_before_the_update(backend):
+    """The finiteness check comes after clipping: a clip function of the user's that turns
+    finite gradients into nan is caught at the step it happens, before any weight moves."""
+    model = backend.mlp([6, 5, 3], seed=0)
+    before = backend.get_weights(model)
+
+    def broken_clip(grads):
+        return [g * float("nan") for g in grads]
+
+    with pytest.raises(backend.NonFiniteError, match="step 0: the clip function") as error:
+        backend.train(model, X, Y, epochs=1, lr=0.1, batch_size=16, clip=broken_clip,
+                      progress=False)
+    assert error.value.step == 0
+    for b, a in zip(before, backend.get_weights(model)):
+        np.testing.assert_array_equal(a, b)

@@ -66,3 +66,10 @@ def nonfinite_message(step: int, loss: float, grad_norm: float) -> str:
         what.append(f"gradient norm = {grad_norm}")
     return (f"step {step}: {' and '.join(what)}; training stopped before applying this update "
             "(try a smaller learning rate, a better initialisation or gradient clipping)")
+
+
+def nonfinite_clip_message(step: int) -> str:
+    """The message of the :class:`NonFiniteError` raised when a clip function of the
+    user's turns finite gradients into non-finite ones, before they are applied."""
+    return (f"step {step}: the clip function returned non-finite gradients from finite "
+            "ones; training stopped before applying this update")

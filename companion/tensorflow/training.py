@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from ..core.checks import (LOSSES, check_choice, check_data, check_inputs, check_labels,
                            check_masks, check_positive_int, check_train_args)
-from ..core.training import History, minibatches, nonfinite_message, NonFiniteError
+from ..core.training import (History, minibatches, nonfinite_clip_message, nonfinite_message,
+                             NonFiniteError)
 from .clipping import Clip, clip_function
 from .diagnostics import total_norm
 from .models import _canonical_order, parameter_names, trainable_parameters
@@ -328,6 +329,8 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
                                                       == y[batch])))
             if eager_clip is not None:
                 grads = eager_clip(grads)
+                if not math.isfinite(float(total_norm(grads))):
+                    raise NonFiniteError(nonfinite_clip_message(step), step, history)
             apply_update(grads)
             bar.update()
             bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)

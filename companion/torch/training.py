@@ -11,8 +11,9 @@ from tqdm import tqdm
 
 from ..core.checks import (LOSSES, check_choice, check_data, check_inputs, check_labels,
                            check_masks, check_positive_int, check_train_args)
-from ..core.training import History, minibatches, nonfinite_message, NonFiniteError
-from .clipping import clip_function
+from ..core.training import (History, minibatches, nonfinite_clip_message, nonfinite_message,
+                             NonFiniteError)
+from .clipping import Clip, clip_function
 from .diagnostics import global_norm
 from .models import parameter_names, trainable_parameters
 from .runtime import as_tensor, inference_mode, measured_in_inference_mode, training_mode
@@ -260,6 +261,8 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
                             monitor)
     x, y = check_model_data(model, x, y, loss)
     params = trainable_parameters(model)
+    # A Clip rule keeps finite gradients finite; a function of the user's is checked.
+    check_clipped = clip is not None and not isinstance(clip, Clip)
     clip = clip_function(clip, params)
     masks, masked = _mask_tensors(params, parameter_names(model), masks)
     _mask_weights(masked)
@@ -290,6 +293,8 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
                 history.accuracy.append((output.argmax(dim=1) == target).float().mean().item())
             if clip is not None:
                 grads = clip(grads)
+            if check_clipped and not math.isfinite(global_norm(grads)):
+                raise NonFiniteError(nonfinite_clip_message(step), step, history)
             for param, grad, mask in zip(params, grads, masks):
                 param.grad = grad if mask is None else grad * mask
             opt.step()
