@@ -181,3 +181,16 @@ def test_a_clip_function_that_makes_nan_stops_training_before_the_update(backend
     assert error.value.step == 0
     for b, a in zip(before, backend.get_weights(model)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_models_without_trainable_parameters_get_a_clear_error():
+    frozen = torch.nn.Linear(6, 3).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        ct.gradients(frozen, X, Y)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        ct.gradients("model", X, Y)
+    unbuilt = keras.Sequential([keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="not built yet"):
+        ctf.gradients(unbuilt, X, Y)
+    with pytest.raises(TypeError, match="Keras model"):
+        ctf.evaluate(object(), X, Y)

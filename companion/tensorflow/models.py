@@ -99,12 +99,27 @@ def rnn(input_size: int, hidden_size: int, output_size: int, nonlinearity: str =
 
 
 def trainable_parameters(model) -> list:
-    """The variables that gradients, scores and masks are aligned with, in order.
+    """The variables that gradients, scores and masks are aligned with, in order:
+    ``model.trainable_variables`` (layers with ``trainable=False`` are left out).
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model or layer.
+        ValueError: ``model`` has no trainable variable: none, all frozen, or not built
+            yet (a Keras model makes its variables when first called, or when it starts
+            with ``keras.Input``).
     """
-    return list(model.trainable_variables)
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"model must be a Keras model, got {type(model).__name__}")
+    variables = list(model.trainable_variables)
+    if not variables:
+        built = "" if model.built else " (it is not built yet: call it on a batch first, " \
+                                        "or start it with keras.Input)"
+        raise ValueError(f"{type(model).__name__} has no trainable variable{built}: there "
+                         "is nothing to differentiate")
+    return variables
 
 
 def parameter_names(model) -> list:

@@ -126,12 +126,23 @@ def rnn(input_size: int, hidden_size: int, output_size: int, nonlinearity: str =
 
 
 def trainable_parameters(model: nn.Module) -> list:
-    """The parameters that gradients, scores and masks are aligned with, in order.
+    """The parameters that gradients, scores and masks are aligned with, in order: those
+    with ``requires_grad`` (frozen ones are left out).
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
+
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``.
+        ValueError: ``model`` has no trainable parameter (none, or all frozen).
     """
-    return [p for p in model.parameters() if p.requires_grad]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no trainable parameter (none, or "
+                         "all with requires_grad=False): there is nothing to differentiate")
+    return params
 
 
 def parameter_names(model: nn.Module) -> list:

@@ -63,6 +63,8 @@ def as_tensor(array, like: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _mode(model: torch.nn.Module, training: bool):
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     saved = [(module, module.training) for module in model.modules()]
     model.train(training)
     try:
