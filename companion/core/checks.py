@@ -128,8 +128,9 @@ def check_masks(names, params, masks) -> list:
     for name, mask in zip(names, masks):
         if mask is None:
             continue
-        # A torch tensor may live on a GPU; .detach().cpu() brings it to NumPy's reach.
-        values = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+        # A torch tensor may live on a GPU, and be bfloat16, which NumPy lacks.
+        values = (mask.detach().cpu().float().numpy() if hasattr(mask, "detach")
+                  else np.asarray(mask))
         if not np.all((values == 0) | (values == 1)):
             raise ValueError(f"mask for {name} must hold only 0 and 1")
     return masks
@@ -141,6 +142,9 @@ def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, mo
     check_positive("lr", lr)
     check_positive_int("batch_size", batch_size)
     check_choice("optimizer", optimizer, OPTIMIZERS)
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a real number in [0, 1), got "
+                        f"{type(momentum).__name__}")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     if momentum and optimizer != "sgd":
@@ -150,3 +154,28 @@ def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, mo
         raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
     return check_data(x, y, loss)
 
+
+def check_flag(what: str, value) -> bool:
+    """Return ``value`` if it is a bool (Python's or NumPy's); a string such as ``"no"``
+    would otherwise count as true.
+
+    Raises:
+        TypeError: ``value`` is not a bool.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_tensor_list(what: str, tensors) -> list:
+    """Return ``tensors`` as a list, one entry (a tensor or ``None``) per parameter.
+
+    A single tensor is refused: iterating over it would treat its rows as the entries.
+
+    Raises:
+        TypeError: ``tensors`` is a single tensor or array (it has a ``shape``), or a string.
+    """
+    if hasattr(tensors, "shape") or isinstance(tensors, (str, bytes)):
+        raise TypeError(f"{what} must be a list with one tensor (or None) per parameter, got "
+                        f"a single {type(tensors).__name__}; wrap it in a list: [{what}]")
+    return list(tensors)

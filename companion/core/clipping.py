@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .checks import check_choice, check_positive
+from .checks import check_choice, check_positive, check_tensor_list
 
 
 def check_clip_inputs(grads, params):
     """Check that ``grads`` and ``params`` are aligned lists of equal shapes; return lists."""
-    grads, params = list(grads), list(params)
+    grads, params = check_tensor_list("grads", grads), check_tensor_list("params", params)
     if len(grads) != len(params):
         raise ValueError(f"grads and params must have the same length, got {len(grads)} "
                          f"and {len(params)}")

@@ -273,10 +273,12 @@ def woodbury_block_inverse(gradient_chunks, n: int, num_samples: int, block_size
         seen += len(chunk)
         for start in range(0, len(chunk), rank):
             g = _blocks(np.asarray(chunk[start:start + rank], np.float64), padded, block_size)
+            # [woodbury-update]
             u = inverse @ g                                  # (nb, B, k): F^-1 G^T
             s = np.swapaxes(g, 1, 2) @ u                     # (nb, k, k): G F^-1 G^T
             s[:, np.arange(s.shape[1]), np.arange(s.shape[1])] += num_samples
             inverse -= u @ np.linalg.solve(s, np.swapaxes(u, 1, 2))
+            # [woodbury-update-end]
     if seen != num_samples:
         raise ValueError(f"the gradient chunks hold {seen} examples, num_samples is "
                          f"{num_samples}")

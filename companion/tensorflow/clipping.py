@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import sys
 
+import keras
 import tensorflow as tf
 
-from ..core.checks import check_positive
+from ..core.checks import check_positive, check_tensor_list
 from ..core.clipping import Clip, check_clip_inputs, nonfinite_norm_message, resolve_clip
 from .diagnostics import _norm64, total_norm
 
@@ -34,6 +35,7 @@ def clip_by_value(grads, clip_value: float) -> list:
         ValueError: ``clip_value`` is not a finite number > 0.
     """
     c = check_positive("clip_value", clip_value)
+    grads = check_tensor_list("grads", grads)
     return [None if g is None else tf.clip_by_value(g, -c, c) for g in grads]
 
 
@@ -60,6 +62,7 @@ def clip_by_norm(grads, max_norm: float) -> list:
         ValueError: ``max_norm`` is not a finite number > 0.
     """
     c = check_positive("max_norm", max_norm)
+    grads = check_tensor_list("grads", grads)
     return [None if g is None else g * tf.cast(_scale_to(_norm64(g, 2.0), c), g.dtype)
             for g in grads]
 
@@ -96,7 +99,7 @@ def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
     """
     c = check_positive("max_norm", max_norm)
     p = check_positive("norm_type", norm_type, allow_inf=True)
-    grads = list(grads)
+    grads = check_tensor_list("grads", grads)
     total = total_norm(grads, p)
     if error_if_nonfinite:
         if tf.executing_eagerly():
@@ -194,8 +197,13 @@ def clipping_optimizer(optimizer, clip):
             ``None``.
 
     Raises:
-        TypeError: ``clip`` is not a :class:`Clip` rule or a function ``grads -> grads``.
+        TypeError: ``optimizer`` is not a Keras optimizer (a name such as ``"sgd"`` is not
+            enough: its settings would be guessed), or ``clip`` is not a :class:`Clip`
+            rule or a function ``grads -> grads``.
     """
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(f"optimizer must be a Keras optimizer such as "
+                        f"keras.optimizers.SGD(0.1), got {optimizer!r}")
     if clip is None:
         raise TypeError("clip must be a Clip(...) rule or a function grads -> grads, not None")
     clip_function(clip, [])  # validates now, before any training

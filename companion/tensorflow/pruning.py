@@ -7,10 +7,12 @@ variable's own (Keras) layout; masks are 0/1 tensors (``None`` for a variable le
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from ..core.checks import (LOSSES, check_choice, check_data, check_masks,
-                           check_matching_shapes, check_positive_int, check_sparsity)
+from ..core.checks import (LOSSES, check_choice, check_data, check_flag, check_masks,
+                           check_matching_shapes, check_positive_int, check_sparsity,
+                           check_tensor_list)
 from ..core.pruning import (SCOPES, CompressedSize, data_batches, lowest_score_masks,
                             random_canonical_scores, SparsityReport)
 from .models import (from_canonical, get_weights, parameter_names, to_canonical,
@@ -134,6 +136,12 @@ def _check_shapes(model, tensors, what: str) -> list:
                                  tensors, what)
 
 
+def _as_tensors(scores) -> list:
+    """NumPy arrays (e.g. scores computed by hand) as tensors; tensors and None as they are."""
+    return [t if t is None or tf.is_tensor(t) else tf.convert_to_tensor(np.asarray(t))
+            for t in check_tensor_list("scores", scores)]
+
+
 def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
                       prune_biases: bool = False) -> list:
     """Masks that prune the lowest-scoring weights: exactly ``round(sparsity * n)`` of them.
@@ -156,10 +164,12 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
     Raises:
         ValueError: sparsity outside [0, 1), an unknown scope, scores not aligned with the
             parameters or of the wrong shape, or non-finite scores. Nothing is changed.
+        TypeError: ``prune_biases`` not a bool, or ``scores`` a single tensor.
     """
     sparsity = check_sparsity(sparsity)
     check_choice("scope", scope, SCOPES)
-    scores = _check_shapes(model, scores, "score")
+    prune_biases = check_flag("prune_biases", prune_biases)
+    scores = _check_shapes(model, _as_tensors(scores), "score")
     eligible = [s is not None and (prune_biases or len(v.shape) >= 2)
                 for s, v in zip(scores, trainable_parameters(model))]
     canonical = to_canonical(model, scores)

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..core.checks import (LOSSES, check_choice, check_matching_shapes, check_train_args,
-                           resolve_seed)
+from ..core.checks import (LOSSES, check_choice, check_flag, check_matching_shapes,
+                           check_train_args, resolve_seed)
 from ..core.schedules import (SCOPES, check_schedule, constant_sparsity, criterion_function,
                               GradualPruningResult, grow_masks, polynomial_decay, pruning_steps)
 from . import pruning
@@ -123,7 +123,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
     check_choice("scope", scope, SCOPES)
     score = criterion_function(criterion, _score_function, x, y, loss, seed)
     plan = dict(pruning_steps(schedule, epochs * math.ceil(len(x) / batch_size)))
-    eligible = _eligible(model, bool(prune_biases))
+    eligible = _eligible(model, check_flag("prune_biases", prune_biases))
     masks = _initial_masks(model, eligible)
     result = GradualPruningResult(history=None, masks=masks)
 
@@ -201,7 +201,7 @@ class GradualPruning(keras.callbacks.Callback):
                                          resolve_seed(seed))
         self._schedule = schedule
         self._scope = scope
-        self._prune_biases = bool(prune_biases)
+        self._prune_biases = check_flag("prune_biases", prune_biases)
         self._owner = None
         self.masks = None
         self.steps, self.sparsities, self.pruned = [], [], []

@@ -145,11 +145,13 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
     check_choice("loss", loss, LOSSES)
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
+    # [input-gradients]
     inputs = as_tensor(x, like)
     with tf.GradientTape() as tape:
         tape.watch(inputs)
         value = _mean_loss(model(inputs, training=False), as_tensor(y, like), loss)
     return tape.gradient(value, inputs).numpy()
+    # [input-gradients-end]
 
 
 def predict(model, x, batch_size: int = 1024) -> np.ndarray:

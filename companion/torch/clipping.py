@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from ..core.checks import check_positive
+from ..core.checks import check_positive, check_tensor_list
 from ..core.clipping import Clip, check_clip_inputs, nonfinite_norm_message, resolve_clip
 from .diagnostics import _norm64, total_norm
 from .models import trainable_parameters
@@ -35,6 +35,7 @@ def clip_by_value(grads, clip_value: float) -> list:
         ValueError: ``clip_value`` is not a finite number > 0.
     """
     c = check_positive("clip_value", clip_value)
+    grads = check_tensor_list("grads", grads)
     return [None if g is None else g.clamp(-c, c) for g in grads]
 
 
@@ -59,6 +60,7 @@ def clip_by_norm(grads, max_norm: float) -> list:
         ValueError: ``max_norm`` is not a finite number > 0.
     """
     c = check_positive("max_norm", max_norm)
+    grads = check_tensor_list("grads", grads)
     return [None if g is None else g * _scale_to(_norm64(g, 2.0), c).to(g.dtype)
             for g in grads]
 
@@ -93,7 +95,7 @@ def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
     """
     c = check_positive("max_norm", max_norm)
     p = check_positive("norm_type", norm_type, allow_inf=True)
-    grads = list(grads)
+    grads = check_tensor_list("grads", grads)
     total = total_norm(grads, p)
     if error_if_nonfinite and not torch.isfinite(total):
         raise FloatingPointError(nonfinite_norm_message(total.item(), p))

@@ -154,6 +154,14 @@ def parameter_names(model: nn.Module) -> list:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A NumPy copy; bfloat16, which NumPy lacks, becomes float32 (exactly)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.numpy().copy()
+
+
 def to_canonical(model: nn.Module, tensors) -> list:
     """Tensors aligned with the model's parameters, as NumPy arrays in canonical layout.
 
@@ -170,7 +178,7 @@ def to_canonical(model: nn.Module, tensors) -> list:
     """
     tensors = list(tensors)
     _check_aligned(model, tensors)
-    return [None if t is None else t.detach().cpu().numpy().copy() for t in tensors]
+    return [None if t is None else _to_numpy(t) for t in tensors]
 
 
 def get_weights(model: nn.Module) -> list:

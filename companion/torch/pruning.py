@@ -8,10 +8,12 @@ module back its mode (``companion.torch.runtime``).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ..core.checks import (LOSSES, check_choice, check_data, check_masks,
-                           check_matching_shapes, check_positive_int, check_sparsity)
+from ..core.checks import (LOSSES, check_choice, check_data, check_flag, check_masks,
+                           check_matching_shapes, check_positive_int, check_sparsity,
+                           check_tensor_list)
 from ..core.pruning import (SCOPES, CompressedSize, data_batches, lowest_score_masks,
                             random_canonical_scores, SparsityReport)
 from .models import (from_canonical, get_weights, parameter_names, to_canonical,
@@ -139,6 +141,12 @@ def _check_shapes(model, tensors, what: str) -> list:
                                  tensors, what)
 
 
+def _as_tensors(scores) -> list:
+    """NumPy arrays (e.g. scores computed by hand) as tensors; tensors and None as they are."""
+    return [t if t is None or torch.is_tensor(t) else torch.as_tensor(np.asarray(t))
+            for t in check_tensor_list("scores", scores)]
+
+
 def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
                       prune_biases: bool = False) -> list:
     """Masks that prune the lowest-scoring weights: exactly ``round(sparsity * n)`` of them.
@@ -161,10 +169,12 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
     Raises:
         ValueError: sparsity outside [0, 1), an unknown scope, scores not aligned with the
             parameters or of the wrong shape, or non-finite scores. Nothing is changed.
+        TypeError: ``prune_biases`` not a bool, or ``scores`` a single tensor.
     """
     sparsity = check_sparsity(sparsity)
     check_choice("scope", scope, SCOPES)
-    scores = _check_shapes(model, scores, "score")
+    prune_biases = check_flag("prune_biases", prune_biases)
+    scores = _check_shapes(model, _as_tensors(scores), "score")
     eligible = [s is not None and (prune_biases or p.dim() >= 2)
                 for s, p in zip(scores, trainable_parameters(model))]
     canonical = to_canonical(model, scores)
@@ -236,13 +246,20 @@ def keep_masks_after_step(optimizer, model, masks):
 
     Raises:
         TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
-        ValueError: masks not aligned with the parameters, of the wrong shape, or not 0/1.
+        ValueError: masks not aligned with the parameters, of the wrong shape, or not 0/1;
+            or an optimizer that does not update a masked parameter (another model's).
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, "
                         f"got {type(optimizer).__name__}")
     params = trainable_parameters(model)
     masks = check_masks(parameter_names(model), params, masks)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p, m in zip(parameter_names(model), params, masks)
+               if m is not None and id(p) not in held]
+    if missing:
+        raise ValueError(f"the optimizer does not update the model's masked parameters "
+                         f"{missing}: pass the optimizer built over this model's parameters")
     pairs = [(p, torch.as_tensor(m, dtype=p.dtype, device=p.device))
              for p, m in zip(params, masks) if m is not None]
 

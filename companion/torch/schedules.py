@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from ..core.checks import check_choice, check_matching_shapes, check_train_args
+from ..core.checks import check_choice, check_flag, check_matching_shapes, check_train_args
 from ..core.schedules import (SCOPES, constant_sparsity, criterion_function,
                               GradualPruningResult, grow_masks, polynomial_decay, pruning_steps)
 from . import pruning
@@ -120,7 +120,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
     check_choice("scope", scope, SCOPES)
     score = criterion_function(criterion, _score_function, x, y, loss, seed)
     plan = dict(pruning_steps(schedule, epochs * math.ceil(len(x) / batch_size)))
-    eligible = _eligible(model, bool(prune_biases))
+    eligible = _eligible(model, check_flag("prune_biases", prune_biases))
     masks = _initial_masks(model, eligible)
     result = GradualPruningResult(history=None, masks=masks)
 

@@ -117,9 +117,11 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
     check_choice("loss", loss, LOSSES)
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
+    # [input-gradients]
     inputs = as_tensor(x, like).requires_grad_(True)
     value = _mean_loss(model(inputs), as_tensor(y, like), loss)
     return torch.autograd.grad(value, inputs)[0].cpu().numpy()
+    # [input-gradients-end]
 
 
 @measured_in_inference_mode
