@@ -27,17 +27,39 @@ CHAPTERS = sorted(BOOK.glob("ch[0-9]*.md"))
 
 # Removed before scanning: they hold constants (math, code), references (roles, links,
 # labels) or markup, never a typed result.
+# Fenced blocks that hold code or math, not prose. Other directives (exercise, solution,
+# admonition, dropdown, ...) hold prose and are scanned.
+_CODE_INFO = re.compile(r"^\s*(\{(code-cell|code-block|code|literalinclude|math|eval-rst|raw)\}"
+                        r"|[\w+-]*\s*$)")
+_FENCE = re.compile(r"^(`{3,}|:{3,})(.*)$")
+
+
+def _without_code_blocks(markdown: str) -> str:
+    """``markdown`` with its code and math fences removed, and the fence lines of prose
+    directives (their content stays)."""
+    kept, stack = [], []  # stack: (fence, holds code)
+    for line in markdown.splitlines():
+        fence = _FENCE.match(line.strip())
+        if fence and stack and fence.group(1) == stack[-1][0] and not fence.group(2).strip():
+            stack.pop()
+            continue
+        if fence and (not stack or not stack[-1][1]):
+            stack.append((fence.group(1), bool(_CODE_INFO.match(fence.group(2)))))
+            continue
+        if not any(code for _, code in stack):
+            kept.append(line)
+    return "\n".join(kept)
+
+
 _NOT_PROSE = [
-    re.compile(r"```.*?```", re.S),                 # fenced blocks (directives, code)
     re.compile(r"\$\$.*?\$\$", re.S),               # display math
     re.compile(r"(?<!\\)\$[^$\n]+?(?<!\\)\$"),      # inline math
     re.compile(r"\{[\w:-]+\}`[^`]*`"),              # roles: glue, cite, ref, eq, numref
-    re.compile(r"`[^`\n]*`"),                       # code spans
+    re.compile(r"`[^`]*`"),                         # code spans (may wrap a line)
     re.compile(r"<!--.*?-->", re.S),                # comments
     re.compile(r"\]\([^)]*\)"),                     # link targets
     re.compile(r"^\s*\([\w:-]+\)=\s*$", re.M),      # MyST labels
     re.compile(r"^\s*:[\w-]+:.*$", re.M),           # directive options
-    re.compile(r"^:{3,}.*$", re.M),                 # colon fences
 ]
 _TYPED_RESULT = re.compile(
     r"(?<![\w.])(?:"
@@ -51,6 +73,7 @@ _TYPED_RESULT = re.compile(
 
 def typed_results(markdown: str) -> list:
     """The typed numeric results in ``markdown``, in order."""
+    markdown = _without_code_blocks(markdown)
     for pattern in _NOT_PROSE:
         markdown = pattern.sub(" ", markdown)
     return [match.group(0).strip() for match in _TYPED_RESULT.finditer(markdown)]
@@ -62,6 +85,9 @@ def test_scanner_finds_typed_results_and_ignores_constants():
             "{cite}`lecun1990optimal`, [link](ch2.ipynb#v1.2).\n\n```{math}\n0.5\n```\n"
             "Chapter 3 uses 5 seeds and 30 layers.")
     assert typed_results(text) == ["0.615", "50%", "factor of 200", "4.5x", "1e-3"]
+    solution = ("````{solution} ch1-ex\n:class: dropdown\n\nIt reaches 0.62.\n\n"
+                "```python\nlr = 0.05\n```\n````\n")
+    assert typed_results(solution) == ["0.62"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
