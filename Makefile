@@ -6,6 +6,8 @@
 # make seeds    re-run every chapter with its seeds shifted (OFFSETS="1 2") and list
 #               the cells whose asserts fail (not part of make test: slow)
 # make bench    time the companion's hot paths
+# make lab      open the chapters in JupyterLab (127.0.0.1, the venv's kernel)
+# make pdf      the whole book as one PDF: _build/pdf/book.pdf (after make book)
 # make clean    remove built files (keeps .venv)
 
 PYTHON ?= python3
@@ -20,7 +22,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test outputs seeds bench clean venv
+.PHONY: book test outputs seeds bench lab pdf clean venv
 
 venv: $(STAMP)
 
@@ -53,6 +55,17 @@ seeds: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py
+
+# JupyterLab on 127.0.0.1, opened on book/, with the venv registered as the kernel
+# "Exploding gradients book (PyTorch + TensorFlow)". Extra options: make lab LAB_ARGS=--no-browser
+LAB_ARGS ?=
+lab: $(STAMP)
+	$(BIN)/python tools/lab.py $(LAB_ARGS)
+
+# Each page of the built book printed by Chromium (tests/test_book_html.py's browser),
+# joined into one PDF with a bookmark per page.
+pdf: book
+	$(BIN)/python tools/book_pdf.py _build/html _build/pdf/book.pdf
 
 clean:
 	rm -rf _build $(MATHJAX)

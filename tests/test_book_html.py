@@ -1,8 +1,9 @@
 """The published book, built and read the way a reader with no network reads it.
 
-The module builds the HTML book once (``jupyter-book build --warningiserror``, as
+The HTML book is built once per test run (``jupyter-book build --warningiserror``, as
 ``make book`` does, into a temporary folder so that a ``make book`` running at the same
-time is not disturbed), then checks it in two ways:
+time is not disturbed: the ``book_html`` fixture of tests/conftest.py, which
+tests/test_book_pdf.py shares), and checked here in two ways:
 
 * without a browser: every internal link and ``#fragment`` of every built page resolves,
   every chapter offers its ``.ipynb``, no launch button points outside the book, and the
@@ -29,11 +30,7 @@ import importlib
 import inspect
 import json
 import os
-import re
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlsplit
 
@@ -42,7 +39,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "_build" / "screenshots"
-MATHJAX = REPO / "book" / "_static" / "mathjax" / "tex-chtml.js"
 VIEWPORT = {"width": 1280, "height": 800}
 CHROMIUM_ARGS = [
     "--headless",
@@ -150,28 +146,8 @@ def _external(url: str) -> bool:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def book_html(tmp_path_factory) -> Path:
-    """Build the book as ``make book`` does, into a fresh folder; return its ``html``."""
-    if not MATHJAX.is_file():  # `make` vendors MathJax; a plain `pytest` may come first
-        subprocess.run([sys.executable, "tools/vendor_mathjax.py", str(MATHJAX.parent)],
-                       cwd=REPO, check=True, capture_output=True)
-    out = tmp_path_factory.mktemp("book")
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; "
-         "sys.exit(main())", "build", str(REPO), "--path-output", str(out),
-         "--warningiserror", "--keep-going"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    if result.returncode != 0:
-        output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
-        warnings = [line for line in output.splitlines()
-                    if "WARNING" in line or "ERROR" in line or "Exception" in line]
-        pytest.fail(f"the book does not build with --warningiserror (exit "
-                    f"{result.returncode}):\n" + "\n".join(warnings or output[-6000:]))
-    print(f"book built in {time.perf_counter() - start:.1f} s")
-    return out / "_build" / "html"
+# book_html (the book built once per test run, shared with tests/test_book_pdf.py) is
+# in tests/conftest.py.
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
