@@ -51,7 +51,7 @@ outputs: $(STAMP)
 
 OFFSETS ?= 1 2
 seeds: $(STAMP)
-	$(BIN)/python tools/shift_seeds.py --offsets $(OFFSETS) $(addsuffix .md,$(CHAPTERS))
+	$(BIN)/python tools/shift_seeds.py $(addsuffix .md,$(CHAPTERS)) --offsets $(OFFSETS)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py

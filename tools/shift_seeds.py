@@ -1,6 +1,6 @@
 """Re-run chapters with every literal seed shifted, and report the cells that fail.
 
-Usage: python tools/shift_seeds.py [--offsets 1 2] [book/ch03_gradient_pruning.md ...]
+Usage: python tools/shift_seeds.py [book/ch03_gradient_pruning.md ...] [--offsets 1 2]
 
 A chapter's conclusions must not rest on one lucky draw: its asserts must hold when every
 seed in it changes. This tool reads each chapter's text source, adds an offset to every
