@@ -58,7 +58,7 @@ _NOT_PROSE = [
     re.compile(r"`[^`]*`"),                         # code spans (may wrap a line)
     re.compile(r"<!--.*?-->", re.S),                # comments
     re.compile(r"\]\([^)]*\)"),                     # link targets
-    re.compile(r"^\s*\([\w:-]+\)=\s*$", re.M),      # MyST labels
+    re.compile(r"^\s*\([\w.:-]+\)=\s*$", re.M),     # MyST labels
     re.compile(r"^\s*:[\w-]+:.*$", re.M),           # directive options
 ]
 _TYPED_RESULT = re.compile(
