@@ -105,3 +105,33 @@ def test_every_result_in_the_prose_is_glued(chapter):
         "each result from the cell that computes it ({glue:text}`name:.3f`); write a "
         "setting as math ($0.05$) or code, or list a constant with its reason under "
         "typed_constants in the chapter's YAML header")
+
+
+NOTEBOOKS = sorted(BOOK.glob("ch[0-9]*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_glued_values_are_plain_numbers_or_text(notebook_path):
+    """myst-nb formats a glued value from its stored repr with ``ast.literal_eval``: a NumPy
+    scalar's repr (``np.float64(3.4)``) cannot be formatted and breaks the book's build.
+    Glue ``float(x)`` or ``int(x)``."""
+    import ast
+    import json
+
+    cells = json.loads(notebook_path.read_text())["cells"]
+    bad = []
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            text = output.get("data", {}).get("application/papermill.record/text/plain")
+            if name is None or text is None:
+                continue
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                bad.append((name, text))
+                continue
+            if not isinstance(value, (int, float, str)):
+                bad.append((name, text))
+    assert not bad, f"{notebook_path.name}: glued values that are not plain numbers or " \
+                    f"text: {bad}"
