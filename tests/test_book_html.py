@@ -167,17 +167,26 @@ def base_url(book_html) -> str:
     server.server_close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium driven by Playwright; skipped (failed in CI) when missing."""
+def require_chromium() -> str:
+    """Chromium's path, once Chromium and Playwright are known to be there; the calling
+    test is skipped (failed in CI) without them."""
     executable = chromium_executable()
     if executable is None:
         where = os.environ.get("CHROMIUM") or "/usr/bin/chromium"
         skip_or_fail(f"Chromium not found at {where}. {INSTALL_CHROMIUM}")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         skip_or_fail("Playwright for Python is missing: pip install -r requirements.txt")
+    return executable
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Playwright; skipped (failed in CI) when missing."""
+    executable = require_chromium()
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, headless=True,
                                               args=CHROMIUM_ARGS)

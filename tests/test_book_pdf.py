@@ -23,7 +23,7 @@ import unicodedata
 from pathlib import Path
 
 
-from test_book_html import INSTALL_CHROMIUM, chromium_executable, skip_or_fail
+from test_book_html import require_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -97,9 +97,7 @@ def _image_count(page) -> int:
 
 
 def test_book_as_one_pdf(book_html, tmp_path):
-    executable = chromium_executable()
-    if executable is None:
-        skip_or_fail(f"Chromium not found. {INSTALL_CHROMIUM}")
+    executable = require_chromium()
     from pypdf import PdfReader
 
     out = tmp_path / "book.pdf"

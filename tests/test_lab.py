@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from test_book_html import CHROMIUM_ARGS, INSTALL_CHROMIUM, chromium_executable, skip_or_fail
+from test_book_html import CHROMIUM_ARGS, require_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -82,15 +82,7 @@ def _settings(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def chromium() -> str:
     """Chromium's path, checked before JupyterLab starts; skipped (failed in CI) without."""
-    executable = chromium_executable()
-    if executable is None:
-        where = os.environ.get("CHROMIUM") or "/usr/bin/chromium"
-        skip_or_fail(f"Chromium not found at {where}. {INSTALL_CHROMIUM}")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        skip_or_fail("Playwright for Python is missing: pip install -r requirements.txt")
-    return executable
+    return require_chromium()
 
 
 @pytest.fixture(scope="module")
