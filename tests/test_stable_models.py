@@ -238,3 +238,14 @@ def test_rnn_normal_init_statistics(backend):
 def test_rnn_rejects_bad_cell_arguments(backend, kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         backend.rnn(2, 3, 1, **kwargs)
+
+
+def test_gru_hessian_parity(rng):
+    """The Hessian flattens parameters in the canonical order: Keras' GRU gates must be
+    swapped there too (a wrong order permutes rows and columns, far beyond float32 noise)."""
+    models = [b.rnn(2, 3, 1, cell="gru", seed=5) for b in (ct, ctf)]
+    x = rng.standard_normal((6, 4, 2)).astype(np.float32)
+    y = rng.standard_normal((6, 1)).astype(np.float32)
+    hessians = [b.hessian(m, x, y, loss="mse") for b, m in zip((ct, ctf), models)]
+    assert hessians[0].shape == (67, 67)  # 18 + 27 + 18 + 3 + 1
+    assert_arrays_close([hessians[1]], [hessians[0]], rtol=1e-3, atol_factor=1e-4)
