@@ -317,3 +317,66 @@ class GradualPruningResult:
         for step, target, pruned in zip(self.steps, self.sparsities, self.pruned):
             lines.append(f"{step:>8}{target:>10.2%}{pruned:>10.2%}")
         return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- learning rate
+
+
+def warmup_schedule(peak_lr: float, warmup_steps: int, total_steps: int | None = None,
+                    decay: str | None = None):
+    """A learning rate per optimizer step ``s = 0, 1, ...``: linear warm-up, then a decay.
+
+    ``lr(s) = peak_lr * s / W`` for ``s < W`` (Goyal et al. 2017; ``s`` counts from 0, as
+    ``torch.optim.lr_scheduler.LambdaLR`` and Keras' ``optimizer.iterations`` do, so the
+    first step has ``lr = 0``, as in Keras' ``CosineDecay(warmup_steps=W)``), then with
+    ``p = min(1, (s - W) / (T - W))``:
+
+    * ``decay=None``: ``lr(s) = peak_lr``;
+    * ``"linear"``: ``lr(s) = peak_lr (1 - p)``;
+    * ``"cosine"``: ``lr(s) = peak_lr (1 + cos(pi p)) / 2`` (Loshchilov & Hutter 2017),
+      zero from ``s = T`` on.
+
+    Args:
+        peak_lr: the learning rate reached after warm-up, a finite number > 0.
+        warmup_steps: ``W``, an integer >= 0 (0: no warm-up).
+        total_steps: ``T > W``, where the decay reaches 0; only with a ``decay``.
+        decay: ``None``, ``"linear"`` or ``"cosine"``.
+
+    Returns:
+        A function ``step -> lr`` (a float) of an integer ``step >= 0``.
+
+    Raises:
+        ValueError, TypeError: a ``peak_lr`` that is not a finite number > 0, a negative or
+            non-integer ``warmup_steps``, an unknown ``decay``, a ``decay`` without
+            ``total_steps > warmup_steps`` or ``total_steps`` without a ``decay``.
+    """
+    peak_lr = check_positive("peak_lr", peak_lr)
+    warmup_steps = _check_integer("warmup_steps", warmup_steps)
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps}")
+    check_choice("decay", decay, (None, "linear", "cosine"))
+    if decay is None and total_steps is not None:
+        raise ValueError("total_steps is where a decay ends: give decay='linear' or "
+                         "'cosine' with it, or leave it None")
+    if decay is not None:
+        if total_steps is None:
+            raise ValueError(f"decay={decay!r} needs total_steps (an integer > warmup_steps)")
+        total_steps = _check_integer("total_steps", total_steps)
+        if total_steps <= warmup_steps:
+            raise ValueError(f"total_steps must be > warmup_steps ({warmup_steps}), got "
+                             f"{total_steps}")
+
+    def learning_rate(step: int) -> float:
+        step = _check_integer("step", step)
+        if step < 0:
+            raise ValueError(f"step must be an integer >= 0, got {step}")
+        if step < warmup_steps:
+            return peak_lr * step / warmup_steps
+        if decay is None:
+            return peak_lr
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        if decay == "linear":
+            return peak_lr * (1.0 - progress)
+        return float(peak_lr * 0.5 * (1.0 + np.cos(np.pi * progress)))
+
+    return learning_rate

@@ -21,6 +21,8 @@ from .pruning import (KeepMasks, apply_masks, compressed_size, gradient_scores,
 from .runtime import as_tensor, device, seed_everything
 from .schedules import (GradualPruning, GradualPruningResult, constant_sparsity,
                         polynomial_decay, prune_gradually, pruning_steps)
+from .schedules import warmup_schedule
+from .transformer import Transformer, causal_attention, transformer
 from .training import evaluate, gradients, input_gradients, loss_value, predict, train
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "obd_scores", "obs_prune",
     "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
     "DataParallelStep", "DATA_PARALLEL_CLIPS",
+    "warmup_schedule", "transformer", "Transformer", "causal_attention",
 ]
 
 share_cpu_between_frameworks()

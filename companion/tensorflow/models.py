@@ -14,84 +14,151 @@ import numpy as np
 import tensorflow as tf
 
 from ..core.checks import check_choice, check_positive, check_positive_int, resolve_seed
-from ..core.models import (ACTIVATIONS, DTYPES, RNN_NONLINEARITIES, check_sizes,
-                           mlp_initial_weights, rnn_initial_weights)
+from ..core.models import (ACTIVATIONS, BATCH_NORM_MOMENTUM, DTYPES, MLP_INITS,
+                           NORM_EPSILON, check_cell, check_mlp_structure, check_sizes,
+                           interleave_norms, mlp_initial_weights, norm_initial_weights,
+                           rnn_initial_weights)
 
 __all__ = ["mlp", "rnn", "trainable_parameters", "parameter_names", "get_weights",
            "set_weights", "to_canonical", "from_canonical"]
 
 
 def mlp(sizes, activation: str = "relu", init: str = "he", gain: float = 1.0,
-        seed: int | None = None, dtype: str = "float32") -> keras.Sequential:
+        seed: int | None = None, dtype: str = "float32", norm: str | None = None,
+        residual: bool = False) -> keras.Model:
     """A fully connected network ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
     Layer ``i`` computes ``h_{i+1} = phi(W_i h_i + b_i)`` (Keras stores ``W_i`` transposed,
     as ``(sizes[i], sizes[i+1])``); the last layer has no activation (it returns logits).
     Weights are drawn from ``N(0, std^2)`` with ``std`` given by ``init`` (see
-    :func:`companion.core.models.init_std`) times ``gain``; biases start at zero. Layers are
-    named ``dense0, dense1, ...``.
+    :func:`companion.core.models.init_std`) times ``gain``, or are ``gain`` times a random
+    orthogonal matrix (``init="orthogonal"``, Saxe et al. 2014); biases start at zero.
+    Layers are named ``dense0, dense1, ...``.
+
+    With ``norm``, each hidden layer normalises its pre-activation, before ``phi`` as
+    Ioffe & Szegedy (2015) and He et al. (2016) place it:
+    ``h_{i+1} = phi(N_i(W_i h_i + b_i))`` with ``N_i(z) = gamma (z - mu) / sqrt(var + eps)
+    + beta``, ``eps = 1e-5`` (PyTorch's; Keras' default is 1e-3); ``mu, var`` over the batch
+    (``"batch"``, moving averages with Keras momentum 0.9, i.e. PyTorch's 0.1, in inference
+    mode) or over the features of each example (``"layer"``, Ba et al. 2016). Layers
+    ``norm0, norm1, ...``; ``gamma = 1``, ``beta = 0``. With ``residual``, hidden blocks
+    whose widths match add their input: ``h_{i+1} = h_i + phi(N_i(W_i h_i + b_i))`` (He et
+    al. 2016), so the block's Jacobian is ``I +`` the plain one (a functional model).
+
+    Keras' moving variance averages the biased batch variance, PyTorch's the unbiased one
+    (times ``n / (n - 1)``): after training steps in ``"batch"`` mode the inference-mode
+    outputs of the two back ends differ by that much.
 
     Args:
         sizes: layer widths, input first, e.g. ``[40, 300, 100, 10]``.
         activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"linear"``.
-        init: ``"he"``, ``"glorot"`` or ``"lecun"``.
+        init: ``"he"``, ``"glorot"``, ``"lecun"`` or ``"orthogonal"``.
         gain: multiplies every initial weight; ``> 1`` makes gradients grow with depth.
         seed: seed of the initial weights; ``None`` draws one from NumPy's global generator.
         dtype: ``"float32"`` or ``"float64"`` (for exact curvature on small models); the
             initial weights are the same numbers either way.
+        norm: ``None``, ``"batch"`` (``BatchNormalization``) or ``"layer"``
+            (``LayerNormalization``).
+        residual: add skip connections (needs equal hidden widths).
 
     Raises:
-        ValueError: fewer than two sizes, a size < 1, an unknown activation, init or
-            dtype, or a gain that is not a finite number > 0.
+        ValueError: fewer than two sizes, a size < 1, an unknown activation, init, dtype or
+            norm, a gain that is not a finite number > 0, or ``residual`` with unequal
+            hidden widths or no block whose widths match.
+        TypeError: ``residual`` is not a bool.
     """
     sizes = check_sizes(sizes)
     check_choice("activation", activation, ACTIVATIONS)
+    check_choice("init", init, MLP_INITS)
     check_choice("dtype", dtype, DTYPES)
     gain = check_positive("gain", gain)
+    blocks = check_mlp_structure(sizes, norm, residual)
     weights = mlp_initial_weights(sizes, init, gain, resolve_seed(seed))
+    if norm is None and not residual:
+        model = _plain_mlp(sizes, activation, dtype)
+    else:
+        weights = weights if norm is None else interleave_norms(
+            weights, norm_initial_weights(sizes))
+        model = _block_mlp(sizes, activation, dtype, norm, blocks)
+    set_weights(model, weights)
+    return model
+
+
+def _plain_mlp(sizes, activation: str, dtype: str) -> keras.Sequential:
     layers = [keras.Input(shape=(sizes[0],), dtype=dtype)]
     for i, width in enumerate(sizes[1:]):
         last = i == len(sizes) - 2
         layers.append(keras.layers.Dense(width, activation="linear" if last else activation,
                                          name=f"dense{i}", dtype=dtype))
-    model = keras.Sequential(layers)
-    set_weights(model, weights)
-    return model
+    return keras.Sequential(layers)
+
+
+def _block_mlp(sizes, activation: str, dtype: str, norm, blocks) -> keras.Model:
+    """``h_{i+1} = [h_i +] act{i}(norm{i}(dense{i}(h_i)))``; the last layer plain."""
+    inputs = keras.Input(shape=(sizes[0],), dtype=dtype)
+    x = inputs
+    for i, width in enumerate(sizes[1:-1]):
+        out = keras.layers.Dense(width, name=f"dense{i}", dtype=dtype)(x)
+        if norm == "batch":
+            out = keras.layers.BatchNormalization(
+                momentum=1.0 - BATCH_NORM_MOMENTUM, epsilon=NORM_EPSILON, name=f"norm{i}",
+                dtype=dtype)(out)
+        elif norm == "layer":
+            out = keras.layers.LayerNormalization(epsilon=NORM_EPSILON, name=f"norm{i}",
+                                                  dtype=dtype)(out)
+        out = keras.layers.Activation(activation, name=f"act{i}", dtype=dtype)(out)
+        x = keras.layers.Add(name=f"add{i}", dtype=dtype)([x, out]) if i in blocks else out
+    outputs = keras.layers.Dense(sizes[-1], name=f"dense{len(sizes) - 2}", dtype=dtype)(x)
+    return keras.Model(inputs, outputs)
 
 
 def rnn(input_size: int, hidden_size: int, output_size: int, nonlinearity: str = "tanh",
-        gain: float = 1.0, seed: int | None = None) -> keras.Sequential:
-    """A vanilla RNN with a linear read-out of its last hidden state.
+        gain: float = 1.0, seed: int | None = None, cell: str = "rnn",
+        init: str = "orthogonal") -> keras.Sequential:
+    """A recurrent network (vanilla, LSTM or GRU) with a linear read-out of its last state.
 
-    ``h_t = phi(W_ih x_t + W_hh h_{t-1} + b)``, ``y = W_out h_T + b_out``, for inputs of
-    shape ``(batch, time, input_size)``: a Keras ``SimpleRNN`` named ``rnn`` and a ``Dense``
-    named ``readout``. ``W_hh`` starts as ``gain`` times a random orthogonal matrix, so its
-    spectral norm is exactly ``gain``: above 1 (with a non-saturating ``phi``) gradients
-    grow geometrically with the sequence length.
+    For inputs of shape ``(batch, time, input_size)``: a Keras ``SimpleRNN``, ``LSTM`` or
+    ``GRU`` (``reset_after=True``, PyTorch's formula) named ``rnn`` and a ``Dense`` named
+    ``readout``; ``y = W_out h_T + b_out``. The equations are those of
+    :class:`companion.torch.RecurrentLayer`. Canonical weights hold the gates in
+    PyTorch's order: the LSTM's ``i, f, g, o`` is Keras' ``i, f, c, o``; the GRU's
+    ``r, z, n`` is Keras' ``z, r, h`` with the first two blocks swapped, which
+    :func:`to_canonical` and :func:`set_weights` do. Each ``H x H`` gate block of ``W_hh``
+    starts as ``gain`` times a random orthogonal matrix (spectral norm exactly ``gain``),
+    or Gaussian with ``init="normal"`` (see
+    :func:`companion.core.models.rnn_initial_weights`). The LSTM's forget bias starts at 1.
     Parameters: ``rnn.weight_ih, rnn.weight_hh, rnn.bias, readout.weight, readout.bias``.
 
     Args:
         input_size: features per time step ``I``, an integer >= 1.
         hidden_size: width ``H`` of the hidden state, an integer >= 1.
         output_size: width ``O`` of the read-out, an integer >= 1.
-        nonlinearity: ``phi``, ``"tanh"`` or ``"relu"``.
-        gain: spectral norm of the initial ``W_hh``, a finite number > 0.
+        nonlinearity: ``phi`` of the vanilla cell, ``"tanh"`` or ``"relu"``.
+        gain: scale of the initial ``W_hh`` blocks, a finite number > 0.
         seed: seed of the initial weights; ``None`` draws one from NumPy's global generator.
+        cell: ``"rnn"``, ``"lstm"`` or ``"gru"``.
+        init: ``"orthogonal"`` or ``"normal"`` (of ``W_hh``).
 
     Raises:
-        ValueError: a size < 1, an unknown nonlinearity (``"tanh"`` or ``"relu"``), or a
-            gain that is not a finite number > 0.
+        ValueError: a size < 1, an unknown nonlinearity, cell or init, a nonlinearity
+            other than tanh for a gated cell, or a gain that is not a finite number > 0.
     """
     for what, size in (("input_size", input_size), ("hidden_size", hidden_size),
                        ("output_size", output_size)):
         check_positive_int(what, size)
-    check_choice("nonlinearity", nonlinearity, RNN_NONLINEARITIES)
+    check_cell(cell, nonlinearity, init)
     gain = check_positive("gain", gain)
     weights = rnn_initial_weights(input_size, hidden_size, output_size, gain,
-                                  resolve_seed(seed))
+                                  resolve_seed(seed), cell, init)
+    if cell == "rnn":
+        recurrent = keras.layers.SimpleRNN(hidden_size, activation=nonlinearity, name="rnn")
+    elif cell == "lstm":
+        recurrent = keras.layers.LSTM(hidden_size, name="rnn")
+    else:
+        recurrent = keras.layers.GRU(hidden_size, reset_after=True, name="rnn")
     model = keras.Sequential([
         keras.Input(shape=(None, input_size)),
-        keras.layers.SimpleRNN(hidden_size, activation=nonlinearity, name="rnn"),
+        recurrent,
         keras.layers.Dense(output_size, name="readout"),
     ])
     set_weights(model, weights)
@@ -126,7 +193,8 @@ def parameter_names(model) -> list:
     """Canonical names of :func:`trainable_parameters`, e.g. ``["dense0.weight", ...]``.
 
     ``<layer>.<variable>`` with Keras' names mapped to PyTorch's: ``kernel`` becomes
-    ``weight`` (``weight_ih`` in a recurrent layer) and ``recurrent_kernel`` ``weight_hh``.
+    ``weight`` (``weight_ih`` in a recurrent layer), ``recurrent_kernel`` ``weight_hh``,
+    ``gamma``/``beta`` (normalisation) ``weight``/``bias``, ``embeddings`` ``weight``.
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
@@ -136,9 +204,34 @@ def parameter_names(model) -> list:
         recurrent = isinstance(layer, keras.layers.RNN)
         for variable in layer.trainable_variables:
             short = {"kernel": "weight_ih" if recurrent else "weight",
-                     "recurrent_kernel": "weight_hh"}.get(variable.name, variable.name)
+                     "recurrent_kernel": "weight_hh", "gamma": "weight", "beta": "bias",
+                     "embeddings": "weight"}.get(variable.name, variable.name)
             names[id(variable)] = f"{layer.name}.{short}"
     return [names.get(id(v), v.path.replace("/", ".")) for v in trainable_parameters(model)]
+
+
+def _gru_variables(model) -> set:
+    """``id``s of the variables of Keras GRU layers, whose gates are stored as ``z, r, h``
+    where the canonical order is PyTorch's ``r, z, n``."""
+    return {id(v) for layer in model.layers if isinstance(layer, keras.layers.GRU)
+            for v in layer.trainable_variables}
+
+
+def _swap_update_and_reset(variable, canonical: np.ndarray) -> np.ndarray:
+    """Swap the first two thirds of the gate axis (axis 0 of a canonical kernel, the last
+    axis of the ``(2, 3H)`` bias): ``z, r, h`` <-> ``r, z, n``, its own inverse."""
+    axis = 0 if variable.name.endswith("kernel") else canonical.ndim - 1
+    third = canonical.shape[axis] // 3
+    order = np.r_[third:2 * third, 0:third, 2 * third:3 * third]
+    return np.take(canonical, order, axis=axis)
+
+
+def _to_canonical_array(variable, array: np.ndarray, gru: set) -> np.ndarray:
+    perm = _kernel_permutation(variable, array.ndim)
+    array = array if perm is None else array.transpose(perm)
+    if id(variable) in gru:
+        array = _swap_update_and_reset(variable, array)
+    return np.ascontiguousarray(array)
 
 
 def _kernel_permutation(variable, ndim: int):
@@ -165,15 +258,9 @@ def to_canonical(model, tensors) -> list:
     tensors = list(tensors)
     variables = trainable_parameters(model)
     _check_aligned(model, tensors)
-    arrays = []
-    for variable, tensor in zip(variables, tensors):
-        if tensor is None:
-            arrays.append(None)
-            continue
-        array = np.array(tensor)
-        perm = _kernel_permutation(variable, array.ndim)
-        arrays.append(array if perm is None else np.ascontiguousarray(array.transpose(perm)))
-    return arrays
+    gru = _gru_variables(model)
+    return [None if tensor is None else _to_canonical_array(variable, np.array(tensor), gru)
+            for variable, tensor in zip(variables, tensors)]
 
 
 def get_weights(model) -> list:
@@ -203,7 +290,7 @@ def from_canonical(model, arrays) -> list:
     arrays = [None if a is None else np.asarray(a) for a in arrays]
     variables = trainable_parameters(model)
     _check_aligned(model, arrays)
-    tensors = []
+    tensors, gru = [], _gru_variables(model)
     for name, variable, array in zip(parameter_names(model), variables, arrays):
         if array is None:
             tensors.append(None)
@@ -214,6 +301,8 @@ def from_canonical(model, arrays) -> list:
         if tuple(array.shape) != expected:
             raise ValueError(f"{name} needs shape {expected} (canonical layout "
                              f"(out, in, ...)), got {array.shape}")
+        if id(variable) in gru:
+            array = _swap_update_and_reset(variable, array)
         native = array if perm is None else array.transpose(np.argsort(perm))
         tensors.append(tf.convert_to_tensor(native, dtype=variable.dtype))
     return tensors
@@ -255,12 +344,11 @@ def _canonical_order(model, selected=None) -> np.ndarray:
     """
     variables = trainable_parameters(model)
     selected = range(len(variables)) if selected is None else selected
-    parts, offset = [], 0
+    parts, offset, gru = [], 0, _gru_variables(model)
     for i in selected:
         shape = tuple(variables[i].shape)
         native = np.arange(offset, offset + int(np.prod(shape, dtype=np.int64))).reshape(shape)
-        perm = _kernel_permutation(variables[i], len(shape))
-        parts.append((native if perm is None else native.transpose(perm)).ravel())
+        parts.append(_to_canonical_array(variables[i], native, gru).ravel())
         offset += native.size
     return np.concatenate(parts)
 

@@ -21,12 +21,13 @@ from ..core.checks import (LOSSES, check_choice, check_flag, check_matching_shap
                            check_train_args, resolve_seed)
 from ..core.schedules import (SCOPES, check_schedule, constant_sparsity, criterion_function,
                               GradualPruningResult, grow_masks, polynomial_decay, pruning_steps)
+from ..core.schedules import warmup_schedule as shared_warmup_schedule
 from . import pruning
 from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
 from .training import _train
 
 __all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",
-           "GradualPruningResult", "GradualPruning"]
+           "GradualPruningResult", "GradualPruning", "warmup_schedule", "WarmupSchedule"]
 
 
 def _score_function(name: str):
@@ -235,3 +236,45 @@ class GradualPruning(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._apply()
+
+
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """:func:`warmup_schedule` as a Keras learning-rate schedule (graph-compatible)."""
+
+    def __init__(self, peak_lr: float, warmup_steps: int, total_steps: int | None = None,
+                 decay: str | None = None):
+        super().__init__()
+        shared_warmup_schedule(peak_lr, warmup_steps, total_steps, decay)  # the checks
+        self.peak_lr, self.warmup_steps = float(peak_lr), int(warmup_steps)
+        self.total_steps, self.decay = total_steps, decay
+
+    def __call__(self, step):
+        # float64, then float32 like the optimizer's variable: the core's numbers, rounded.
+        step = tf.cast(step, tf.float64)
+        lr = tf.constant(self.peak_lr, tf.float64)
+        if self.decay is not None:
+            span = float(self.total_steps - self.warmup_steps)
+            progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+            lr = lr * (1.0 - progress if self.decay == "linear" else
+                       0.5 * (1.0 + tf.cos(math.pi * progress)))
+        if self.warmup_steps > 0:
+            lr = tf.where(step < self.warmup_steps, self.peak_lr * step / self.warmup_steps,
+                          lr)
+        return tf.cast(lr, tf.float32)
+
+    def get_config(self) -> dict:
+        return {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "decay": self.decay}
+
+
+def warmup_schedule(peak_lr: float, warmup_steps: int, total_steps: int | None = None,
+                    decay: str | None = None) -> WarmupSchedule:
+    """Linear warm-up to ``peak_lr``, then constant, linear or cosine decay, as a Keras
+    ``LearningRateSchedule`` (see :func:`companion.core.schedules.warmup_schedule` for the
+    formula): ``keras.optimizers.SGD(learning_rate=schedule)`` uses ``lr(s)`` at its
+    ``s``-th step (``optimizer.iterations``); ``float(schedule(s))`` is that number.
+
+    Raises:
+        ValueError, TypeError: bad arguments (see the core function).
+    """
+    return WarmupSchedule(peak_lr, warmup_steps, total_steps, decay)

@@ -13,19 +13,21 @@ from .diagnostics import (GradientMonitor, global_norm, layer_norms, parameter_n
 from .distributed import (DATA_PARALLEL_CLIPS, DataParallelStep,
                           compare_data_parallel_clipping, data_parallel_step,
                           single_process_step)
-from .models import (RecurrentLayer, from_canonical, get_weights, mlp, parameter_names, rnn,
-                     set_weights, to_canonical, trainable_parameters)
+from .models import (RecurrentLayer, ResidualMLP, from_canonical, get_weights, mlp,
+                     parameter_names, rnn, set_weights, to_canonical, trainable_parameters)
 from .pruning import (apply_masks, compressed_size, gradient_scores, keep_masks_after_step,
                       magnitude_scores, masks_from_scores, prune, random_scores, snip_scores,
                       sparsity_report, taylor_scores)
 from .runtime import as_tensor, device, seed_everything
 from .schedules import (GradualPruningResult, constant_sparsity, polynomial_decay,
                         prune_gradually, pruning_steps)
+from .schedules import warmup_schedule
+from .transformer import Transformer, causal_attention, transformer
 from .training import evaluate, gradients, input_gradients, loss_value, predict, train
 
 __all__ = [
     "seed_everything", "device", "as_tensor",
-    "mlp", "rnn", "RecurrentLayer", "trainable_parameters", "parameter_names",
+    "mlp", "rnn", "RecurrentLayer", "ResidualMLP", "trainable_parameters", "parameter_names",
     "get_weights", "set_weights", "to_canonical", "from_canonical",
     "loss_value", "gradients", "input_gradients", "predict", "evaluate", "train",
     "History", "NonFiniteError",
@@ -40,6 +42,7 @@ __all__ = [
     "obd_scores", "obs_prune",
     "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
     "DataParallelStep", "DATA_PARALLEL_CLIPS",
+    "warmup_schedule", "transformer", "Transformer", "causal_attention",
 ]
 
 share_cpu_between_frameworks()

@@ -18,12 +18,13 @@ import torch
 from ..core.checks import check_choice, check_flag, check_matching_shapes, check_train_args
 from ..core.schedules import (SCOPES, constant_sparsity, criterion_function,
                               GradualPruningResult, grow_masks, polynomial_decay, pruning_steps)
+from ..core.schedules import warmup_schedule as shared_warmup_schedule
 from . import pruning
 from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
 from .training import _train
 
 __all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",
-           "GradualPruningResult"]
+           "GradualPruningResult", "warmup_schedule"]
 
 
 def _score_function(name: str):
@@ -139,3 +140,18 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
                             monitor=monitor, masks=masks, progress=progress, seed=seed,
                             before_step=before_step)
     return result
+
+
+def warmup_schedule(peak_lr: float, warmup_steps: int, total_steps: int | None = None,
+                    decay: str | None = None):
+    """Linear warm-up to ``peak_lr``, then constant, linear or cosine decay: a function
+    ``step -> lr`` (see :func:`companion.core.schedules.warmup_schedule` for the formula).
+
+    With a PyTorch optimizer created with ``lr=peak_lr``, ``torch.optim.lr_scheduler.
+    LambdaLR(optimizer, lambda step: schedule(step) / peak_lr)`` sets ``lr(s)`` before the
+    ``s``-th ``optimizer.step()`` (call ``scheduler.step()`` after each).
+
+    Raises:
+        ValueError, TypeError: bad arguments (see the core function).
+    """
+    return shared_warmup_schedule(peak_lr, warmup_steps, total_steps, decay)
