@@ -22,7 +22,7 @@ from .runtime import as_tensor, device, seed_everything
 from .schedules import (GradualPruning, GradualPruningResult, constant_sparsity,
                         polynomial_decay, prune_gradually, pruning_steps)
 from .schedules import warmup_schedule
-from .transformer import Transformer, causal_attention, transformer
+from .attention import Transformer, causal_attention, transformer
 from .training import evaluate, gradients, input_gradients, loss_value, predict, train
 
 __all__ = [

@@ -1,44 +1,46 @@
-"""A tiny character-level transformer (decoder only, causal self-attention), PyTorch.
+"""A tiny character-level transformer (decoder only, causal self-attention), Keras 3.
 
-Small and readable rather than fast: every layer is a plain ``nn.Linear``,
-``nn.LayerNorm`` or ``nn.Embedding`` attribute of one module, named as in the TensorFlow
-back end, so parameters line up one to one and :func:`set_weights` moves them across.
+Small and readable rather than fast: every layer is a plain ``Dense``,
+``LayerNormalization`` or ``Embedding`` attribute of one model, named as in the PyTorch
+back end, so variables line up one to one and :func:`set_weights` moves them across.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
+import keras
+import numpy as np
+from keras import ops
 
 from ..core.checks import resolve_seed
-from ..core.transformer import (LAYER_NORM_EPSILON, check_sequence_length,
+from ..core.attention import (LAYER_NORM_EPSILON, check_sequence_length,
                                 check_transformer_args,
                                 transformer_initial_weights, transformer_layout)
 from .models import set_weights
-from .runtime import device
 
 __all__ = ["transformer", "Transformer", "causal_attention"]
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     heads: int) -> torch.Tensor:
+def causal_attention(q, k, v, heads: int):
     """Multi-head causal self-attention of ``(batch, T, d)`` projections.
 
     Per head (``d_h = d / heads`` features): ``softmax(q k^T / sqrt(d_h) + M) v`` with
     ``M[s, t] = -inf`` for ``t > s`` (a position sees only itself and the past); the heads'
     outputs are concatenated back to ``(batch, T, d)``.
     """
-    batch, steps, d = q.shape
-    q, k, v = (t.reshape(batch, steps, heads, d // heads).transpose(1, 2) for t in (q, k, v))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d // heads)
-    future = torch.ones(steps, steps, dtype=torch.bool, device=q.device).triu(1)
-    weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
-    return (weights @ v).transpose(1, 2).reshape(batch, steps, d)
+    batch, steps, d = ops.shape(q)[0], ops.shape(q)[1], q.shape[-1]
+    q, k, v = (ops.transpose(ops.reshape(t, (batch, steps, heads, d // heads)), (0, 2, 1, 3))
+               for t in (q, k, v))
+    scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / math.sqrt(d // heads)
+    future = ops.triu(ops.ones((steps, steps), dtype="bool"), 1)
+    scores = ops.where(future, ops.cast(float("-inf"), scores.dtype), scores)
+    weights = ops.softmax(scores, axis=-1)
+    mixed = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+    return ops.reshape(mixed, (batch, steps, d))
 
 
-class Transformer(nn.Module):
+class Transformer(keras.Model):
     """See :func:`transformer`."""
 
     def __init__(self, layout: list, heads: int, norm_position: str):
@@ -47,17 +49,18 @@ class Transformer(nn.Module):
         self.blocks = sum(name.endswith("_norm1") for name, _, _ in layout)
         for name, kind, shapes in layout:
             if kind == "embedding":
-                layer = nn.Embedding(*shapes[0])
+                layer = keras.layers.Embedding(*shapes[0], name=name)
             elif kind == "norm":
-                layer = nn.LayerNorm(shapes[0][0], eps=LAYER_NORM_EPSILON)
+                layer = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name)
             else:
-                layer = nn.Linear(shapes[0][1], shapes[0][0])
-            self.add_module(name, layer)
+                layer = keras.layers.Dense(shapes[0][0], name=name)
+            setattr(self, name, layer)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        check_sequence_length(tokens.shape[1], self.position.num_embeddings)
-        tokens = tokens.long()  # the companion's helpers hand inputs over as floats
-        x = self.token(tokens) + self.position.weight[:tokens.shape[1]]
+    def call(self, tokens, training=None):
+        check_sequence_length(tokens.shape[1], self.position.input_dim)
+        tokens = ops.cast(tokens, "int32")  # the companion's helpers hand inputs as floats
+        positions = ops.arange(ops.shape(tokens)[1])
+        x = self.token(tokens) + self.position(positions)
         for i in range(self.blocks):
             x = self._residual(x, i, "norm1", self._attention)
             x = self._residual(x, i, "norm2", self._mlp)
@@ -65,7 +68,7 @@ class Transformer(nn.Module):
             x = self.final_norm(x)
         return self.head(x)
 
-    def _part(self, i: int, name: str) -> nn.Module:
+    def _part(self, i: int, name: str) -> keras.layers.Layer:
         return getattr(self, f"block{i}_{name}")
 
     def _residual(self, x, i: int, norm: str, sublayer):
@@ -81,7 +84,8 @@ class Transformer(nn.Module):
         return self._part(i, "out")(mixed)
 
     def _mlp(self, x, i: int):
-        return self._part(i, "down")(torch.nn.functional.gelu(self._part(i, "up")(x)))
+        return self._part(i, "down")(keras.activations.gelu(self._part(i, "up")(x),
+                                                            approximate=False))
 
 
 def transformer(vocab: int, d_model: int, heads: int, layers: int, context: int,
@@ -93,15 +97,15 @@ def transformer(vocab: int, d_model: int, heads: int, layers: int, context: int,
     ``layers`` blocks applies causal multi-head self-attention (see
     :func:`causal_attention`; projections ``query, key, value, out``) and an MLP
     ``down(gelu(up(x)))`` (width ``4 d_model``, exact erf GELU), each inside a residual
-    connection with a LayerNorm (eps 1e-5):
+    connection with a LayerNorm (eps 1e-5, PyTorch's; Keras' default is 1e-3):
 
     * ``"pre"`` (GPT-2; Xiong et al. 2020): ``x + f(LN(x))``, and a final LayerNorm;
     * ``"post"`` (Vaswani et al. 2017): ``LN(x + f(x))``.
 
     The logits are ``head(x)``. No dropout. Weights as
-    :func:`companion.core.transformer.transformer_initial_weights` (GPT-2's
+    :func:`companion.core.attention.transformer_initial_weights` (GPT-2's
     ``N(0, 0.02^2)``); parameters ``token.weight, position.weight, block0_norm1.weight,
-    ...`` in the canonical layout.
+    ...`` in the canonical layout. The model is built (called once on one token).
 
     Args:
         vocab: number of tokens (characters), an integer >= 1.
@@ -118,6 +122,7 @@ def transformer(vocab: int, d_model: int, heads: int, layers: int, context: int,
     """
     check_transformer_args(vocab, d_model, heads, layers, context, norm_position)
     layout = transformer_layout(vocab, d_model, layers, context, norm_position)
-    model = Transformer(layout, heads, norm_position).to(device())
+    model = Transformer(layout, heads, norm_position)
+    model(np.zeros((1, context), np.int32))
     set_weights(model, transformer_initial_weights(layout, resolve_seed(seed)))
     return model
