@@ -173,8 +173,12 @@ def check_schedule(schedule, step: int) -> tuple:
 def pruning_steps(schedule, steps: int) -> list:
     """Where ``schedule`` prunes during ``steps`` training steps: ``[(t, sparsity), ...]``.
 
-    Evaluates ``schedule(t)`` for ``t = 0, ..., steps - 1`` (so a bad schedule raises here,
-    before any training) and keeps the steps whose ``should_prune`` is true.
+    Steps are counted as TensorFlow Model Optimization counts them: the batch that makes
+    the ``k``-th optimizer update is step ``t = k`` (``pruning_wrapper`` increments its
+    ``pruning_step`` before the mask update, so the first batch is step 1). Evaluates
+    ``schedule(t)`` for ``t = 1, ..., steps`` (so a bad schedule raises here, before any
+    training) and keeps the steps whose ``should_prune`` is true: a run of exactly
+    ``end_step`` steps reaches the schedule's last pruning step.
 
     Args:
         schedule: a function ``step -> (should_prune, sparsity)``, e.g.
@@ -187,9 +191,9 @@ def pruning_steps(schedule, steps: int) -> list:
     steps = _check_integer("steps", steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    check_schedule(schedule, 0)  # an invalid schedule fails even for a run of no steps
+    check_schedule(schedule, 1)  # an invalid schedule fails even for a run of no steps
     plan = []
-    for step in range(steps):
+    for step in range(1, steps + 1):
         should_prune, sparsity = check_schedule(schedule, step)
         if should_prune:
             plan.append((step, sparsity))
@@ -301,7 +305,8 @@ class GradualPruningResult:
         history: the :class:`~companion.core.training.History` of the training steps.
         masks: the final 0/1 masks, aligned with the trainable parameters (``None`` for
             a parameter that is not pruned), in the back end's own layout.
-        steps: the steps at which pruning happened (before that step's update).
+        steps: the steps at which pruning happened (before that step's update), counted
+            from 1 as in tfmot (see :func:`pruning_steps`).
         sparsities: the schedule's target sparsity at each of those steps.
         pruned: the fraction of eligible weights pruned after each of those steps.
     """
