@@ -17,6 +17,21 @@ from .checks import check_choice, resolve_seed
 SCOPES = ("global", "layer")
 
 
+def is_weight(name: str, ndim: int) -> bool:
+    """Whether a parameter is a weight, which pruning removes by default, or a bias.
+
+    A weight has two or more dimensions and a canonical name whose last part does not
+    start with ``bias``: so Keras GRU's 2-D ``bias`` (shape ``(2, 3 * units)``) and
+    PyTorch's recurrent ``bias_ih_l0`` / ``bias_hh_l0`` are biases, as are every 1-D
+    parameter (biases, normalisation scales and shifts).
+
+    Args:
+        name: the canonical parameter name, e.g. ``"gru.bias"`` or ``"lstm.bias_ih_l0"``.
+        ndim: the parameter's number of dimensions.
+    """
+    return ndim >= 2 and not name.rsplit(".", 1)[-1].startswith("bias")
+
+
 def lowest_score_masks(scores, eligible, sparsity: float, scope: str) -> list:
     """0/1 masks that prune the ``round(sparsity * n)`` lowest-scoring eligible entries.
 

@@ -36,7 +36,7 @@ def _score_function(name: str):
 
 
 def _eligible(model, prune_biases: bool) -> list:
-    return [prune_biases or len(v.shape) >= 2 for v in trainable_parameters(model)]
+    return pruning._prunable(model, prune_biases)
 
 
 def _initial_masks(model, eligible) -> list:
@@ -99,7 +99,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
         lr: the learning rate, a finite number > 0.
         batch_size: examples per step, an integer >= 1.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune variables with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
         optimizer: ``"sgd"`` or ``"adam"``, as in :func:`train`.
         momentum: SGD momentum in ``[0, 1)``.
         loss: ``"cross_entropy"`` or ``"mse"``.
@@ -153,8 +153,8 @@ class GradualPruning(keras.callbacks.Callback):
     with any criterion. The step ``t`` is counted as tfmot's ``UpdatePruningStep`` and
     ``pruning_wrapper`` count it: the optimizer's iteration count plus one
     (``model.optimizer.iterations + 1``, the step of the update this batch makes; the
-    first batch is step 1), so a second ``fit`` goes on where the first stopped. Before each batch whose ``schedule(t)`` says
-    ``should_prune``, the weights are scored and the masks grown to ``schedule(t)``'s
+    first batch is step 1), so a second ``fit`` goes on where the first stopped. Before
+    each batch whose ``schedule(t)`` says ``should_prune``, the weights are scored and the masks grown to ``schedule(t)``'s
     sparsity (see :func:`companion.core.schedules.grow_masks`: masks only grow); at the
     start of training and after every batch the weights are multiplied by the masks, as
     :class:`KeepMasks` does, so pruned weights are exactly zero after each step::
@@ -177,7 +177,7 @@ class GradualPruning(keras.callbacks.Callback):
         x: inputs for the data-based criteria (e.g. the training inputs or a subset).
         y: labels or targets for the data-based criteria.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune variables with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
         loss: ``"cross_entropy"`` or ``"mse"``, for the data-based criteria.
         seed: the base seed of ``"random"`` (seed ``seed + t`` at step ``t``).
 

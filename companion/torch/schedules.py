@@ -33,7 +33,7 @@ def _score_function(name: str):
 
 
 def _eligible(model, prune_biases: bool) -> list:
-    return [prune_biases or p.dim() >= 2 for p in trainable_parameters(model)]
+    return pruning._prunable(model, prune_biases)
 
 
 def _initial_masks(model, eligible) -> list:
@@ -96,7 +96,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
         lr: the learning rate, a finite number > 0.
         batch_size: examples per step, an integer >= 1.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune parameters with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
         optimizer: ``"sgd"`` or ``"adam"``, as in :func:`train`.
         momentum: SGD momentum in ``[0, 1)``.
         loss: ``"cross_entropy"`` or ``"mse"``.
