@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .checks import LOSSES, check_choice, check_data, check_positive, check_sparsity
-from .pruning import SCOPES
+from .pruning import SCOPES, keep_all_but_lowest
 from .training import History
 
 __all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps",
@@ -239,15 +239,16 @@ def grow_masks(scores, masks, eligible, sparsity: float, scope: str) -> list:
     for group in groups:
         if not group:
             continue
-        flat = np.concatenate([np.ravel(scores[i]).astype(np.float64) for i in group])
+        flat = np.concatenate([np.ravel(scores[i]) for i in group])
         kept = np.concatenate([np.ravel(masks[i]) != 0 for i in group])
         if not np.all(np.isfinite(flat[kept])):
             raise ValueError("scores contain nan or inf")
-        flat = np.where(kept, flat, 0.0)  # pruned entries come first whatever their score
-        order = np.lexsort((np.arange(flat.size), flat, kept))
+        # pruned entries come first whatever their score, then the lowest of the others
         count = max(round(sparsity * flat.size), int(np.sum(~kept)))
-        keep = np.ones(flat.size, dtype=bool)
-        keep[order[:count]] = False
+        kept_at = np.flatnonzero(kept)
+        keep = kept.copy()
+        keep[kept_at[~keep_all_but_lowest(flat[kept_at], count - (flat.size - kept_at.size))]] \
+            = False
         offsets = np.cumsum([0] + [np.size(scores[i]) for i in group])
         for i, start, stop in zip(group, offsets[:-1], offsets[1:]):
             new[i] = keep[start:stop].reshape(np.shape(scores[i])).astype(np.float32)
