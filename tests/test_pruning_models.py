@@ -88,10 +88,11 @@ def test_gradual_pruning_leaves_recurrent_biases(backend, build):
 def embedding_models():
     """An Embedding network and the same network with the lookup as a one-hot product."""
     keras.utils.set_random_seed(2)
-    embed = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(20, 4),
-                              keras.layers.GRU(3), keras.layers.Dense(4)])
-    dense = keras.Sequential([keras.Input((5,), dtype="int32"),
-                              keras.layers.Lambda(lambda i: tf.one_hot(i, 20), output_shape=(5, 20)),
+    embed = keras.Sequential([keras.Input((5,), dtype="int32"),
+                              keras.layers.Embedding(20, 4), keras.layers.GRU(3),
+                              keras.layers.Dense(4)])
+    one_hot = keras.layers.Lambda(lambda i: tf.one_hot(i, 20), output_shape=(5, 20))
+    dense = keras.Sequential([keras.Input((5,), dtype="int32"), one_hot,
                               keras.layers.Dense(4, use_bias=False), keras.layers.GRU(3),
                               keras.layers.Dense(4)])
     dense.set_weights(embed.get_weights())

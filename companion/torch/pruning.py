@@ -308,12 +308,25 @@ def sparsity_report(model) -> SparsityReport:
     """How many entries of each parameter are exactly zero, and the totals.
 
     ``print(sparsity_report(model))`` shows a table; ``.weights`` is the sparsity over the
-    weight matrices (what pruning removes), ``.total`` over every parameter.
+    weight matrices (what pruning removes), ``.total`` over every parameter. A model
+    pruned with ``torch.nn.utils.prune`` is reported by its effective weights: a
+    ``<name>_orig`` parameter with a ``<name>_mask`` buffer counts as ``<name>`` =
+    ``<name>_orig * <name>_mask``.
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
     """
-    return SparsityReport.from_arrays(parameter_names(model), get_weights(model))
+    names, arrays = [], []
+    for name, array in zip(parameter_names(model), get_weights(model)):
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        base = leaf[:-len("_orig")]
+        if leaf.endswith("_orig") and hasattr(module, base + "_mask"):
+            mask = getattr(module, base + "_mask").detach().cpu().float().numpy()
+            name, array = f"{module_name}.{base}".lstrip("."), array * mask
+        names.append(name)
+        arrays.append(array)
+    return SparsityReport.from_arrays(names, arrays)
 
 
 def compressed_size(model, index_bits: int = 32) -> CompressedSize:
