@@ -252,6 +252,17 @@ class KeepMasks(keras.callbacks.Callback):
     executions. In a hand-written ``tf.GradientTape`` loop, call :func:`apply_masks` after
     each ``optimizer.apply_gradients`` instead.
 
+    A callback cannot reach the gradients, so the optimizer's state (momentum, Adam's
+    moments) still accumulates at pruned entries; the weights stay zero all the same, but
+    that state would move them if the masks were lifted. To zero the pruned gradients too,
+    as ``keep_masks_after_step`` does in PyTorch, compile with an optimizer that masks
+    them first (dense gradients; a gradient list is aligned with the trainable variables)::
+
+        mask_grads = lambda grads: [g if m is None else g * m for g, m in zip(grads, masks)]
+        model.compile(optimizer=ctf.clipping_optimizer(keras.optimizers.SGD(0.1, 0.9),
+                                                       mask_grads), loss=...)
+        model.fit(x, y, callbacks=[ctf.KeepMasks(masks)])
+
     Args:
         masks: one 0/1 tensor (or ``None``) per trainable variable of the model that
             ``fit`` trains, e.g. from :func:`prune`.
