@@ -83,10 +83,11 @@ def test_reaches_final_sparsity_and_pruned_weights_stay_zero(backend, criterion)
     assert result.sparsities == [s for _, s in plan]
     assert len(result.history) == STEPS == len(recorder.zeros)
     sizes = [w.size for w, ok in zip(backend.get_weights(model), eligible) if ok]
-    for t in range(STEPS):
+    for t in range(STEPS):  # batch t is tfmot's step t + 1
         now = recorder.zeros[t]
-        if t in dict(plan):  # exactly round(s_t * n) pruned at a pruning step
-            assert counts(now, "global") == expected_counts(dict(plan)[t], sizes, "global")
+        if t + 1 in dict(plan):  # exactly round(s_t * n) pruned at a pruning step
+            assert counts(now, "global") == expected_counts(dict(plan)[t + 1], sizes,
+                                                            "global")
         elif t > 0:  # nothing changes between pruning steps
             for before, after in zip(recorder.zeros[t - 1], now):
                 np.testing.assert_array_equal(before, after)
@@ -152,9 +153,10 @@ def test_constant_sparsity_prunes_once_then_keeps_the_masks(backend):
     one_shot = backend.to_canonical(model, backend.masks_from_scores(
         model, backend.magnitude_scores(model), 0.5, "layer"))
     result = backend.prune_gradually(
-        model, x, y, "magnitude", lambda t: backend.constant_sparsity(t, 0.5, frequency=5),
+        model, x, y, "magnitude",
+        lambda t: backend.constant_sparsity(t, 0.5, begin_step=1, frequency=5),
         EPOCHS, lr=0.1, batch_size=BATCH, scope="layer", progress=False)
-    assert result.steps == [0, 5, 10, 15] and result.pruned == [0.5] * 4
+    assert result.steps == [1, 6, 11, 16] and result.pruned == [0.5] * 4
     np.testing.assert_equal(backend.to_canonical(model, result.masks), one_shot)
 
 
@@ -219,7 +221,7 @@ def test_keras_callback_reaches_final_sparsity_and_masks_persist(criterion):
 
 def test_keras_callback_masks_only_grow():
     """The criterion sees the weights at each pruning step: earlier prunes are zeros, and
-    the step is the optimizer's iteration count."""
+    the step is the optimizer's iteration count plus one (tfmot's count)."""
     x, y = problem()
     model = keras_model(28)
     seen = []
@@ -230,7 +232,7 @@ def test_keras_callback_masks_only_grow():
 
     pruning = ctf.GradualPruning(random_scores, schedule_for(ctf), scope="layer")
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, callbacks=[pruning])
-    assert [step for step, _ in seen] == pruning.steps == [2, 6, 10, 14]
+    assert [step + 1 for step, _ in seen] == pruning.steps == [2, 6, 10, 14]
     final = [m == 0 for m in ctf.to_canonical(model, pruning.masks) if m is not None]
     history = [[w == 0 for w in weights if w.ndim == 2] for _, weights in seen] + [final]
     for before, after in zip(history, history[1:]):
@@ -365,3 +367,50 @@ def test_compressed_size_rejects_indices_that_cannot_address_the_columns(backend
         backend.compressed_size(model, index_bits=index_bits)
     assert backend.compressed_size(model, index_bits=16).rows[0].index_bytes == 600 * 2
     backend.compressed_size(backend.mlp([256, 2], seed=32), index_bits=8)  # 256 fit in 8 bits
+
+
+def tfmot_mask_update_steps(schedule, batches, iterations=0):
+    """The steps at which tfmot updates the masks in ``batches`` batches of ``fit``.
+
+    Transcribed from tensorflow/model-optimization, ``sparsity/keras/pruning_callbacks.py``
+    (``UpdatePruningStep.on_train_batch_begin`` assigns ``pruning_step = iterations``,
+    counted from ``optimizer.iterations`` at ``on_train_begin``) and ``pruning_wrapper.py``
+    (``PruneLowMagnitude.call`` runs ``pruning_step += 1`` and then
+    ``conditional_mask_update``, which prunes when the schedule says so at ``pruning_step``).
+    """
+    steps = []
+    for batch in range(batches):
+        pruning_step = iterations + batch  # UpdatePruningStep
+        pruning_step += 1                  # pruning_wrapper's increment_step
+        if schedule(pruning_step)[0]:      # conditional_mask_update
+            steps.append(pruning_step)
+    return steps
+
+
+@pytest.mark.parametrize("frequency", [1, 4, 5])
+def test_steps_are_counted_as_tfmot_counts_them(backend, frequency):
+    """Training exactly end_step steps reaches the final sparsity, as in tfmot."""
+    x, y = problem()
+    model = backend.mlp(SIZES, seed=29)
+    schedule = lambda t: backend.polynomial_decay(
+        t, 0.0, 0.6, begin_step=STEPS - 3 * frequency, end_step=STEPS, frequency=frequency)
+    result = backend.prune_gradually(model, x, y, "magnitude", schedule, EPOCHS, lr=0.1,
+                                     batch_size=BATCH, progress=False)
+    assert result.steps == tfmot_mask_update_steps(schedule, STEPS)
+    assert result.steps[-1] == STEPS and result.sparsities[-1] == pytest.approx(0.6)
+    assert result.pruned[-1] == round(0.6 * 160) / 160
+
+
+def test_keras_callback_counts_steps_as_tfmot():
+    x, y = problem()
+    model = keras_model(30)
+    schedule = lambda t: ctf.polynomial_decay(t, 0.0, 0.6, begin_step=0, end_step=STEPS,
+                                              frequency=4)
+    pruning = ctf.GradualPruning("magnitude", schedule)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
+              callbacks=[pruning])
+    assert pruning.steps == tfmot_mask_update_steps(schedule, STEPS // 2) == [4, 8]
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
+              callbacks=[pruning])
+    assert pruning.steps == tfmot_mask_update_steps(schedule, STEPS) == [4, 8, 12, 16]
+    assert pruning.pruned[-1] == round(0.6 * 160) / 160

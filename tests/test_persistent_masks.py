@@ -192,3 +192,29 @@ def test_keep_masks_callback_rejects_masks_of_another_model():
     with pytest.raises(ValueError, match="mask for dense0.weight has shape"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[ctf.KeepMasks(masks)])
     assert_weights_equal(before, ctf.get_weights(model))
+
+
+def test_keras_masked_gradients_keep_the_optimizer_state_zero():
+    """KeepMasks alone lets momentum build up at pruned entries; the documented recipe
+    (an optimizer that masks the gradients first) keeps it zero, as keep_masks_after_step
+    does in PyTorch."""
+    x, y = problem()
+    velocities = []
+    for recipe in (False, True):
+        model, masks = pruned_model(ctf)
+        optimizer = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+        if recipe:
+            optimizer = ctf.clipping_optimizer(optimizer, lambda grads: [
+                g if m is None else g * m for g, m in zip(grads, masks)])
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[ctf.KeepMasks(masks)])
+        assert_pruned_entries_zero(ctf, model, masks)
+        slots = {id(v): model.optimizer.momentums[model.optimizer._get_variable_index(v)]
+                 for v in model.trainable_variables}
+        velocities.append([np.asarray(slots[id(v)])[np.asarray(m) == 0]
+                           for v, m in zip(model.trainable_variables, masks)
+                           if m is not None])
+    assert any(np.count_nonzero(v) > 0 for v in velocities[0])  # the control
+    assert all(np.all(v == 0) for v in velocities[1])

@@ -100,14 +100,19 @@ def test_pruning_steps_lists_where_a_schedule_prunes(backend):
         lambda t: backend.polynomial_decay(t, 0.0, 0.9, 10, 50, frequency=20), 100)
     assert [step for step, _ in plan] == [10, 30, 50]
     assert [s for _, s in plan] == pytest.approx([0.0, 0.7875, 0.9])
-    # Pruning steps beyond the run are not listed; the final sparsity is then not reached.
+    # Steps count from 1 (tfmot): a run of exactly end_step steps reaches the final
+    # sparsity; pruning steps beyond the run are not listed.
     assert backend.pruning_steps(
         lambda t: backend.polynomial_decay(t, 0.0, 0.9, 10, 50, frequency=20), 50) == [
+        (10, 0.0), (30, pytest.approx(0.7875)), (50, pytest.approx(0.9))]
+    assert backend.pruning_steps(
+        lambda t: backend.polynomial_decay(t, 0.0, 0.9, 10, 50, frequency=20), 49) == [
         (10, 0.0), (30, pytest.approx(0.7875))]
-    # tfmot's rule: when end - begin is not a multiple of frequency, end_step never prunes.
+    # tfmot's rule: when end - begin is not a multiple of frequency, end_step never prunes;
+    # and step 0 never comes, so begin_step=0 first prunes at step frequency.
     plan = backend.pruning_steps(
         lambda t: backend.polynomial_decay(t, 0.0, 0.9, 0, 50, frequency=20), 100)
-    assert [step for step, _ in plan] == [0, 20, 40] and plan[-1][1] < 0.9
+    assert [step for step, _ in plan] == [20, 40] and plan[-1][1] < 0.9
     assert backend.pruning_steps(lambda t: backend.constant_sparsity(t, 0.3, 2, 7, 2), 100) == [
         (2, 0.3), (4, 0.3), (6, 0.3)]
     assert backend.pruning_steps(lambda t: (True, 0.1), 0) == []

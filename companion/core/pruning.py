@@ -17,6 +17,44 @@ from .checks import check_choice, resolve_seed
 SCOPES = ("global", "layer")
 
 
+def is_weight(name: str, ndim: int) -> bool:
+    """Whether a parameter is a weight, which pruning removes by default, or a bias.
+
+    A weight has two or more dimensions and a canonical name whose last part does not
+    start with ``bias``: so Keras GRU's 2-D ``bias`` (shape ``(2, 3 * units)``) and
+    PyTorch's recurrent ``bias_ih_l0`` / ``bias_hh_l0`` are biases, as are every 1-D
+    parameter (biases, normalisation scales and shifts).
+
+    Args:
+        name: the canonical parameter name, e.g. ``"gru.bias"`` or ``"lstm.bias_ih_l0"``.
+        ndim: the parameter's number of dimensions.
+    """
+    return ndim >= 2 and not name.rsplit(".", 1)[-1].startswith("bias")
+
+
+def keep_all_but_lowest(flat, count: int):
+    """A boolean array: ``False`` at the ``count`` lowest entries of ``flat``, ties by position.
+
+    The same entries as ``np.argsort(flat, kind="stable")[:count]`` (lower value first,
+    then lower index), found in linear time: ``v``, the ``count``-th smallest value
+    (``np.partition``), is the cut; every entry below ``v`` goes, and of the entries equal
+    to ``v`` the first ``count - #{flat < v}`` by position. No copy in a wider dtype: the
+    comparisons are exact in ``flat``'s own.
+
+    Args:
+        flat: a 1-D array of finite numbers.
+        count: how many entries to drop, ``0 <= count <= flat.size``.
+    """
+    keep = np.ones(flat.size, dtype=bool)
+    if count <= 0:
+        return keep
+    cut = np.partition(flat, count - 1)[count - 1]
+    below = flat < cut
+    keep[below] = False
+    keep[np.flatnonzero(flat == cut)[:count - int(np.count_nonzero(below))]] = False
+    return keep
+
+
 def lowest_score_masks(scores, eligible, sparsity: float, scope: str) -> list:
     """0/1 masks that prune the ``round(sparsity * n)`` lowest-scoring eligible entries.
 
@@ -35,10 +73,8 @@ def lowest_score_masks(scores, eligible, sparsity: float, scope: str) -> list:
     groups = [chosen] if scope == "global" else [[i] for i in chosen]
     masks = [None] * len(scores)
     for group in groups:
-        flat = np.concatenate([np.ravel(scores[i]).astype(np.float64) for i in group]) if group \
-            else np.zeros(0)
-        keep = np.ones(flat.size, dtype=bool)
-        keep[np.argsort(flat, kind="stable")[:round(sparsity * flat.size)]] = False
+        flat = np.concatenate([np.ravel(scores[i]) for i in group]) if group else np.zeros(0)
+        keep = keep_all_but_lowest(flat, round(sparsity * flat.size))
         offsets = np.cumsum([0] + [np.size(scores[i]) for i in group])
         for i, start, stop in zip(group, offsets[:-1], offsets[1:]):
             masks[i] = keep[start:stop].reshape(np.shape(scores[i])).astype(np.float32)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .checks import LOSSES, check_choice, check_data, check_positive, check_sparsity
-from .pruning import SCOPES
+from .pruning import SCOPES, keep_all_but_lowest
 from .training import History
 
 __all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps",
@@ -173,8 +173,12 @@ def check_schedule(schedule, step: int) -> tuple:
 def pruning_steps(schedule, steps: int) -> list:
     """Where ``schedule`` prunes during ``steps`` training steps: ``[(t, sparsity), ...]``.
 
-    Evaluates ``schedule(t)`` for ``t = 0, ..., steps - 1`` (so a bad schedule raises here,
-    before any training) and keeps the steps whose ``should_prune`` is true.
+    Steps are counted as TensorFlow Model Optimization counts them: the batch that makes
+    the ``k``-th optimizer update is step ``t = k`` (``pruning_wrapper`` increments its
+    ``pruning_step`` before the mask update, so the first batch is step 1). Evaluates
+    ``schedule(t)`` for ``t = 1, ..., steps`` (so a bad schedule raises here, before any
+    training) and keeps the steps whose ``should_prune`` is true: a run of exactly
+    ``end_step`` steps reaches the schedule's last pruning step.
 
     Args:
         schedule: a function ``step -> (should_prune, sparsity)``, e.g.
@@ -187,9 +191,9 @@ def pruning_steps(schedule, steps: int) -> list:
     steps = _check_integer("steps", steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    check_schedule(schedule, 0)  # an invalid schedule fails even for a run of no steps
+    check_schedule(schedule, 1)  # an invalid schedule fails even for a run of no steps
     plan = []
-    for step in range(steps):
+    for step in range(1, steps + 1):
         should_prune, sparsity = check_schedule(schedule, step)
         if should_prune:
             plan.append((step, sparsity))
@@ -235,15 +239,16 @@ def grow_masks(scores, masks, eligible, sparsity: float, scope: str) -> list:
     for group in groups:
         if not group:
             continue
-        flat = np.concatenate([np.ravel(scores[i]).astype(np.float64) for i in group])
+        flat = np.concatenate([np.ravel(scores[i]) for i in group])
         kept = np.concatenate([np.ravel(masks[i]) != 0 for i in group])
         if not np.all(np.isfinite(flat[kept])):
             raise ValueError("scores contain nan or inf")
-        flat = np.where(kept, flat, 0.0)  # pruned entries come first whatever their score
-        order = np.lexsort((np.arange(flat.size), flat, kept))
+        # pruned entries come first whatever their score, then the lowest of the others
         count = max(round(sparsity * flat.size), int(np.sum(~kept)))
-        keep = np.ones(flat.size, dtype=bool)
-        keep[order[:count]] = False
+        kept_at = np.flatnonzero(kept)
+        keep = kept.copy()
+        keep[kept_at[~keep_all_but_lowest(flat[kept_at], count - (flat.size - kept_at.size))]] \
+            = False
         offsets = np.cumsum([0] + [np.size(scores[i]) for i in group])
         for i, start, stop in zip(group, offsets[:-1], offsets[1:]):
             new[i] = keep[start:stop].reshape(np.shape(scores[i])).astype(np.float32)
@@ -301,7 +306,8 @@ class GradualPruningResult:
         history: the :class:`~companion.core.training.History` of the training steps.
         masks: the final 0/1 masks, aligned with the trainable parameters (``None`` for
             a parameter that is not pruned), in the back end's own layout.
-        steps: the steps at which pruning happened (before that step's update).
+        steps: the steps at which pruning happened (before that step's update), counted
+            from 1 as in tfmot (see :func:`pruning_steps`).
         sparsities: the schedule's target sparsity at each of those steps.
         pruned: the fraction of eligible weights pruned after each of those steps.
     """

@@ -13,7 +13,8 @@ import tensorflow as tf
 from ..core.checks import (LOSSES, check_choice, check_data, check_flag, check_masks,
                            check_matching_shapes, check_positive_int, check_sparsity,
                            check_tensor_list)
-from ..core.pruning import (SCOPES, CompressedSize, data_batches, lowest_score_masks,
+from ..core.pruning import (SCOPES, CompressedSize, data_batches, is_weight,
+                            lowest_score_masks,
                             random_canonical_scores, SparsityReport)
 from .models import (from_canonical, get_weights, parameter_names, to_canonical,
                      trainable_parameters)
@@ -48,12 +49,17 @@ def random_scores(model, seed: int = 0) -> list:
 
 
 def _batch_gradients(model, x, y, batch_size: int, loss: str):
-    """Yield ``(n_b / n, [dL_b/dθ])`` for consecutive batches ``b`` of the whole data set."""
+    """Yield ``(n_b / n, [dL_b/dθ])`` for consecutive batches ``b`` of the whole data set.
+
+    Sparse gradients (``tf.IndexedSlices``, e.g. a Keras ``Embedding``'s) are made dense,
+    rows of repeated indices summed: every entry gets a score.
+    """
     check_choice("loss", loss, LOSSES)
     x, y = check_data(x, y, loss)
     batch_size = check_positive_int("batch_size", batch_size)
     for batch in data_batches(len(x), batch_size):
-        yield len(x[batch]) / len(x), gradients(model, x[batch], y[batch], loss)
+        grads = gradients(model, x[batch], y[batch], loss)
+        yield len(x[batch]) / len(x), [tf.convert_to_tensor(g) for g in grads]
 
 
 def gradient_scores(model, x, y, *, batch_size: int = 1000,
@@ -142,12 +148,28 @@ def _as_tensors(scores) -> list:
             for t in check_tensor_list("scores", scores)]
 
 
+def _prunable(model, prune_biases: bool = False) -> list:
+    """One flag per trainable parameter: may pruning remove its entries?
+
+    Weights may (see :func:`companion.core.pruning.is_weight`: two or more dimensions and
+    not named ``bias*``, so recurrent biases such as Keras GRU's 2-D ``bias`` are not
+    weights); biases and other parameters only if ``prune_biases``.
+
+    Args:
+        model: the model whose trainable parameters are flagged.
+        prune_biases: flag every parameter, biases too.
+    """
+    return [prune_biases or is_weight(name, len(param.shape)) for name, param in
+            zip(parameter_names(model), trainable_parameters(model))]
+
+
 def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
                       prune_biases: bool = False) -> list:
     """Masks that prune the lowest-scoring weights: exactly ``round(sparsity * n)`` of them.
 
-    Weights are the variables with two or more dimensions (biases too if
-    ``prune_biases``) whose score is not ``None``; the others get mask ``None``. With
+    Weights are the variables with two or more dimensions, except recurrent biases
+    (:func:`companion.core.pruning.is_weight`; biases too if ``prune_biases``) whose score
+    is not ``None``; the others get mask ``None``. With
     ``scope="global"`` all eligible weights compete in one ranking (the count is over all of
     them, as ``torch.nn.utils.prune.global_unstructured``); with ``"layer"`` each tensor
     loses ``round(sparsity * n_i)`` of its own entries (as ``l1_unstructured``). Ties are
@@ -159,7 +181,7 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
             its variable's shape; higher means keep.
         sparsity: the fraction of eligible weights to prune, a number in ``[0, 1)``.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune variables with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
 
     Raises:
         ValueError: sparsity outside [0, 1), an unknown scope, scores not aligned with the
@@ -170,8 +192,7 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
     check_choice("scope", scope, SCOPES)
     prune_biases = check_flag("prune_biases", prune_biases)
     scores = _check_shapes(model, _as_tensors(scores), "score")
-    eligible = [s is not None and (prune_biases or len(v.shape) >= 2)
-                for s, v in zip(scores, trainable_parameters(model))]
+    eligible = [s is not None and ok for s, ok in zip(scores, _prunable(model, prune_biases))]
     canonical = to_canonical(model, scores)
     return from_canonical(model, lowest_score_masks(canonical, eligible, sparsity, scope))
 
@@ -207,7 +228,7 @@ def prune(model, scores, sparsity: float, scope: str = "global",
             its variable's shape; higher means keep.
         sparsity: the fraction of eligible weights to prune, a number in ``[0, 1)``.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune variables with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
 
     Raises:
         ValueError: as in :func:`masks_from_scores`; nothing is changed.
@@ -230,6 +251,17 @@ class KeepMasks(keras.callbacks.Callback):
     It needs ``steps_per_execution=1`` (Keras' default), since callbacks run between
     executions. In a hand-written ``tf.GradientTape`` loop, call :func:`apply_masks` after
     each ``optimizer.apply_gradients`` instead.
+
+    A callback cannot reach the gradients, so the optimizer's state (momentum, Adam's
+    moments) still accumulates at pruned entries; the weights stay zero all the same, but
+    that state would move them if the masks were lifted. To zero the pruned gradients too,
+    as ``keep_masks_after_step`` does in PyTorch, compile with an optimizer that masks
+    them first (dense gradients; a gradient list is aligned with the trainable variables)::
+
+        mask_grads = lambda grads: [g if m is None else g * m for g, m in zip(grads, masks)]
+        model.compile(optimizer=ctf.clipping_optimizer(keras.optimizers.SGD(0.1, 0.9),
+                                                       mask_grads), loss=...)
+        model.fit(x, y, callbacks=[ctf.KeepMasks(masks)])
 
     Args:
         masks: one 0/1 tensor (or ``None``) per trainable variable of the model that

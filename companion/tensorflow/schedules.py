@@ -37,7 +37,7 @@ def _score_function(name: str):
 
 
 def _eligible(model, prune_biases: bool) -> list:
-    return [prune_biases or len(v.shape) >= 2 for v in trainable_parameters(model)]
+    return pruning._prunable(model, prune_biases)
 
 
 def _initial_masks(model, eligible) -> list:
@@ -64,7 +64,8 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
                     progress: bool = True, seed: int = 0) -> GradualPruningResult:
     """Train ``model`` as :func:`train` does while pruning it on ``schedule``.
 
-    Step ``t`` (0-based: ``t`` updates are done) starts, when ``schedule(t)`` says
+    Step ``t`` (counted from 1 as in tfmot: the step of the ``t``-th update, so ``t - 1``
+    updates are done; see :func:`pruning_steps`) starts, when ``schedule(t)`` says
     ``should_prune``, by scoring the weights with ``criterion`` on the current model and
     pruning to ``schedule(t)``'s sparsity ``s_t``: every weight pruned so far stays
     pruned, and the lowest-scoring others join them until ``round(s_t * n)`` of the ``n``
@@ -99,7 +100,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
         lr: the learning rate, a finite number > 0.
         batch_size: examples per step, an integer >= 1.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune variables with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
         optimizer: ``"sgd"`` or ``"adam"``, as in :func:`train`.
         momentum: SGD momentum in ``[0, 1)``.
         loss: ``"cross_entropy"`` or ``"mse"``.
@@ -128,7 +129,8 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
     masks = _initial_masks(model, eligible)
     result = GradualPruningResult(history=None, masks=masks)
 
-    def before_step(step: int):
+    def before_step(index: int):
+        step = index + 1  # tfmot's count: the first batch is step 1
         if step not in plan:
             return None
         result.masks, pruned = _grow(model, score(model, step), result.masks, eligible,
@@ -149,10 +151,11 @@ class GradualPruning(keras.callbacks.Callback):
     """Gradual pruning in Keras ``model.fit``: a callback, as :func:`prune_gradually` does.
 
     TensorFlow Model Optimization's pruning does not support Keras 3; this does the same
-    with any criterion. The step ``t`` is the optimizer's iteration count
-    (``model.optimizer.iterations``, the updates done so far), so a second ``fit`` goes on
-    where the first stopped. Before each batch whose ``schedule(t)`` says
-    ``should_prune``, the weights are scored and the masks grown to ``schedule(t)``'s
+    with any criterion. The step ``t`` is counted as tfmot's ``UpdatePruningStep`` and
+    ``pruning_wrapper`` count it: the optimizer's iteration count plus one
+    (``model.optimizer.iterations + 1``, the step of the update this batch makes; the
+    first batch is step 1), so a second ``fit`` goes on where the first stopped. Before
+    each batch whose ``schedule(t)`` says ``should_prune``, the weights are scored and the masks grown to ``schedule(t)``'s
     sparsity (see :func:`companion.core.schedules.grow_masks`: masks only grow); at the
     start of training and after every batch the weights are multiplied by the masks, as
     :class:`KeepMasks` does, so pruned weights are exactly zero after each step::
@@ -175,7 +178,7 @@ class GradualPruning(keras.callbacks.Callback):
         x: inputs for the data-based criteria (e.g. the training inputs or a subset).
         y: labels or targets for the data-based criteria.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune variables with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
         loss: ``"cross_entropy"`` or ``"mse"``, for the data-based criteria.
         seed: the base seed of ``"random"`` (seed ``seed + t`` at step ``t``).
 
@@ -188,7 +191,7 @@ class GradualPruning(keras.callbacks.Callback):
 
     Raises:
         ValueError, TypeError: an unknown criterion, scope or loss, a data-based criterion
-            without data, or an invalid schedule (checked at step 0), when the callback
+            without data, or an invalid schedule (checked at step 1), when the callback
             is made.
     """
 
@@ -197,7 +200,7 @@ class GradualPruning(keras.callbacks.Callback):
         super().__init__()
         check_choice("scope", scope, SCOPES)
         check_choice("loss", loss, LOSSES)
-        check_schedule(schedule, 0)
+        check_schedule(schedule, 1)
         self._score = criterion_function(criterion, _score_function, x, y, loss,
                                          resolve_seed(seed))
         self._schedule = schedule
@@ -224,7 +227,7 @@ class GradualPruning(keras.callbacks.Callback):
         self._apply()
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
+        step = int(self.model.optimizer.iterations.numpy()) + 1
         should_prune, sparsity = check_schedule(self._schedule, step)
         if should_prune:
             self.masks, pruned = _grow(self.model, self._score(self.model, step), self.masks,

@@ -14,7 +14,8 @@ import torch
 from ..core.checks import (LOSSES, check_choice, check_data, check_flag, check_masks,
                            check_matching_shapes, check_positive_int, check_sparsity,
                            check_tensor_list)
-from ..core.pruning import (SCOPES, CompressedSize, data_batches, lowest_score_masks,
+from ..core.pruning import (SCOPES, CompressedSize, data_batches, is_weight,
+                            lowest_score_masks,
                             random_canonical_scores, SparsityReport)
 from .models import (from_canonical, get_weights, parameter_names, to_canonical,
                      trainable_parameters)
@@ -147,12 +148,28 @@ def _as_tensors(scores) -> list:
             for t in check_tensor_list("scores", scores)]
 
 
+def _prunable(model, prune_biases: bool = False) -> list:
+    """One flag per trainable parameter: may pruning remove its entries?
+
+    Weights may (see :func:`companion.core.pruning.is_weight`: two or more dimensions and
+    not named ``bias*``, so recurrent biases such as Keras GRU's 2-D ``bias`` are not
+    weights); biases and other parameters only if ``prune_biases``.
+
+    Args:
+        model: the model whose trainable parameters are flagged.
+        prune_biases: flag every parameter, biases too.
+    """
+    return [prune_biases or is_weight(name, len(param.shape)) for name, param in
+            zip(parameter_names(model), trainable_parameters(model))]
+
+
 def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
                       prune_biases: bool = False) -> list:
     """Masks that prune the lowest-scoring weights: exactly ``round(sparsity * n)`` of them.
 
-    Weights are the parameters with two or more dimensions (biases too if
-    ``prune_biases``) whose score is not ``None``; the others get mask ``None``. With
+    Weights are the parameters with two or more dimensions, except recurrent biases
+    (:func:`companion.core.pruning.is_weight`; biases too if ``prune_biases``) whose score
+    is not ``None``; the others get mask ``None``. With
     ``scope="global"`` all eligible weights compete in one ranking (the count is over all of
     them, as ``torch.nn.utils.prune.global_unstructured``); with ``"layer"`` each tensor
     loses ``round(sparsity * n_i)`` of its own entries (as ``l1_unstructured``). Ties are
@@ -164,7 +181,7 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
             its parameter's shape; higher means keep.
         sparsity: the fraction of eligible weights to prune, a number in ``[0, 1)``.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune parameters with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
 
     Raises:
         ValueError: sparsity outside [0, 1), an unknown scope, scores not aligned with the
@@ -175,8 +192,7 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
     check_choice("scope", scope, SCOPES)
     prune_biases = check_flag("prune_biases", prune_biases)
     scores = _check_shapes(model, _as_tensors(scores), "score")
-    eligible = [s is not None and (prune_biases or p.dim() >= 2)
-                for s, p in zip(scores, trainable_parameters(model))]
+    eligible = [s is not None and ok for s, ok in zip(scores, _prunable(model, prune_biases))]
     canonical = to_canonical(model, scores)
     return from_canonical(model, lowest_score_masks(canonical, eligible, sparsity, scope))
 
@@ -213,7 +229,7 @@ def prune(model, scores, sparsity: float, scope: str = "global",
             its parameter's shape; higher means keep.
         sparsity: the fraction of eligible weights to prune, a number in ``[0, 1)``.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune parameters with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
 
     Raises:
         ValueError: as in :func:`masks_from_scores`; nothing is changed.
@@ -292,12 +308,25 @@ def sparsity_report(model) -> SparsityReport:
     """How many entries of each parameter are exactly zero, and the totals.
 
     ``print(sparsity_report(model))`` shows a table; ``.weights`` is the sparsity over the
-    weight matrices (what pruning removes), ``.total`` over every parameter.
+    weight matrices (what pruning removes), ``.total`` over every parameter. A model
+    pruned with ``torch.nn.utils.prune`` is reported by its effective weights: a
+    ``<name>_orig`` parameter with a ``<name>_mask`` buffer counts as ``<name>`` =
+    ``<name>_orig * <name>_mask``.
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
     """
-    return SparsityReport.from_arrays(parameter_names(model), get_weights(model))
+    names, arrays = [], []
+    for name, array in zip(parameter_names(model), get_weights(model)):
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        base = leaf[:-len("_orig")]
+        if leaf.endswith("_orig") and hasattr(module, base + "_mask"):
+            mask = getattr(module, base + "_mask").detach().cpu().float().numpy()
+            name, array = f"{module_name}.{base}".lstrip("."), array * mask
+        names.append(name)
+        arrays.append(array)
+    return SparsityReport.from_arrays(names, arrays)
 
 
 def compressed_size(model, index_bits: int = 32) -> CompressedSize:

@@ -34,7 +34,7 @@ def _score_function(name: str):
 
 
 def _eligible(model, prune_biases: bool) -> list:
-    return [prune_biases or p.dim() >= 2 for p in trainable_parameters(model)]
+    return pruning._prunable(model, prune_biases)
 
 
 def _initial_masks(model, eligible) -> list:
@@ -61,7 +61,8 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
                     progress: bool = True, seed: int = 0) -> GradualPruningResult:
     """Train ``model`` as :func:`train` does while pruning it on ``schedule``.
 
-    Step ``t`` (0-based: ``t`` updates are done) starts, when ``schedule(t)`` says
+    Step ``t`` (counted from 1 as in tfmot: the step of the ``t``-th update, so ``t - 1``
+    updates are done; see :func:`pruning_steps`) starts, when ``schedule(t)`` says
     ``should_prune``, by scoring the weights with ``criterion`` on the current model and
     pruning to ``schedule(t)``'s sparsity ``s_t``: every weight pruned so far stays
     pruned, and the lowest-scoring others join them until ``round(s_t * n)`` of the ``n``
@@ -96,7 +97,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
         lr: the learning rate, a finite number > 0.
         batch_size: examples per step, an integer >= 1.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
-        prune_biases: also prune parameters with fewer than two dimensions (biases).
+        prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
         optimizer: ``"sgd"`` or ``"adam"``, as in :func:`train`.
         momentum: SGD momentum in ``[0, 1)``.
         loss: ``"cross_entropy"`` or ``"mse"``.
@@ -125,7 +126,8 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
     masks = _initial_masks(model, eligible)
     result = GradualPruningResult(history=None, masks=masks)
 
-    def before_step(step: int):
+    def before_step(index: int):
+        step = index + 1  # tfmot's count: the first batch is step 1
         if step not in plan:
             return None
         result.masks, pruned = _grow(model, score(model, step), result.masks, eligible,
