@@ -13,6 +13,7 @@ from .diagnostics import (GradientMonitor, global_norm, layer_norms, parameter_n
 from .distributed import (DATA_PARALLEL_CLIPS, DataParallelStep,
                           compare_data_parallel_clipping, data_parallel_step,
                           single_process_step)
+from .mask_io import export_masks, import_masks, load_masks, save_masks
 from .models import (RecurrentLayer, ResidualMLP, from_canonical, get_weights, mlp,
                      parameter_names, rnn, set_weights, to_canonical, trainable_parameters)
 from .pruning import (apply_masks, compressed_size, gradient_scores, keep_masks_after_step,
@@ -40,6 +41,7 @@ __all__ = [
     "GradualPruningResult", "compressed_size", "CompressedSize",
     "hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
     "obd_scores", "obs_prune",
+    "save_masks", "load_masks", "export_masks", "import_masks",
     "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
     "DataParallelStep", "DATA_PARALLEL_CLIPS",
     "warmup_schedule", "transformer", "Transformer", "causal_attention",
