@@ -120,8 +120,8 @@ class SparsityRow:
 class SparsityReport:
     """Per-parameter and total sparsity (fraction of exact zeros) of a model.
 
-    ``weights`` totals the parameters with two or more dimensions (what pruning removes),
-    ``total`` every parameter. ``str(report)`` is a table a notebook can print.
+    ``weights`` totals the weights (what pruning removes; see :func:`is_weight`), ``total``
+    every parameter. ``str(report)`` is a table a notebook can print.
     """
 
     rows: tuple
@@ -137,12 +137,12 @@ class SparsityReport:
         return SparsityRow(label, (), sum(r.zeros for r in rows), sum(r.size for r in rows))
 
     def _totals(self) -> list:
-        weights = [r for r in self.rows if len(r.shape) >= 2]
+        weights = [r for r in self.rows if is_weight(r.name, len(r.shape))]
         return [self._sum("weights", weights), self._sum("total", self.rows)]
 
     @property
     def weights(self) -> float:
-        """Sparsity over all parameters with two or more dimensions."""
+        """Sparsity over the weights (:func:`is_weight`), the entries pruning removes."""
         return self._totals()[0].sparsity
 
     @property
