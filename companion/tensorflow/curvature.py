@@ -28,6 +28,7 @@ from ..core.curvature import (check_hessian_size, check_method, check_obs_memory
                               power_iteration)
 from .models import (_canonical_order, _flatten, _unflatten, from_canonical, get_weights,
                      parameter_names, set_weights, trainable_parameters)
+from .pruning import _prunable
 from .runtime import as_tensor, compiled_for
 from .training import _mean_loss, _per_sample_gradients, check_model_data
 
@@ -47,6 +48,14 @@ def _data(model, x, y, loss: str):
     return as_tensor(x, like), as_tensor(y, like)
 
 
+def _dense(gradients) -> list:
+    """``gradients`` with every ``tf.IndexedSlices`` (an ``Embedding``'s) made a dense tensor.
+
+    A tape cannot differentiate through ``IndexedSlices``, and curvature needs every entry.
+    """
+    return [tf.convert_to_tensor(g) for g in gradients]
+
+
 def _hvp_function(model, loss: str):
     """A ``tf.function`` ``(x, y, vectors) -> H v`` (nested tapes), made once per model."""
     variables = trainable_parameters(model)
@@ -57,9 +66,9 @@ def _hvp_function(model, loss: str):
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
                     value = _mean_loss(model(x, training=False), y, loss)
-                grads = inner.gradient(value, variables, unconnected_gradients=_ZERO)
-            return outer.gradient(grads, variables, output_gradients=vectors,
-                                  unconnected_gradients=_ZERO)
+                grads = _dense(inner.gradient(value, variables, unconnected_gradients=_ZERO))
+            return _dense(outer.gradient(grads, variables, output_gradients=vectors,
+                                         unconnected_gradients=_ZERO))
 
         return hessian_vector_product
 
@@ -121,7 +130,7 @@ def _rows_function(model, loss: str):
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
                     value = _mean_loss(model(x, training=False), y, loss)
-                grads = inner.gradient(value, variables, unconnected_gradients=_ZERO)
+                grads = _dense(inner.gradient(value, variables, unconnected_gradients=_ZERO))
                 flat = tf.gather(tf.concat([tf.reshape(g, [-1]) for g in grads], 0), rows)
             # A while loop over the rows, not pfor: pfor cannot vectorise the second
             # derivative of a recurrent layer's while loop (SimpleRNN), and for the small
@@ -343,7 +352,8 @@ def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: i
     OBS (Hassibi & Stork 1993) removes the weights whose removal costs least to second order
     and moves the remaining weights to compensate. The Hessian is replaced by the damped
     empirical Fisher ``F = damping I + (1/N) sum_i g_i g_i^T`` of the eligible weights
-    (variables with two or more dimensions, as in :func:`masks_from_scores`, flattened in
+    (variables that :func:`companion.core.pruning.is_weight` calls weights, as in
+    :func:`masks_from_scores`, flattened in
     the canonical order), kept in diagonal blocks of ``block_size`` consecutive weights and
     inverted by Woodbury updates starting from ``I / damping`` (WoodFisher, Singh & Alistarh
     2020; see :func:`companion.core.curvature.woodbury_block_inverse`). Then:
@@ -393,10 +403,10 @@ def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: i
     batch_size = check_positive_int("batch_size", batch_size)
     x, y = _data(model, x, y, loss)
     variables = trainable_parameters(model)
-    eligible = [len(v.shape) >= 2 for v in variables]
+    eligible = _prunable(model)
     if not any(eligible):
-        raise ValueError("obs_prune needs parameters with two or more dimensions (weight "
-                         "matrices); the model has none")
+        raise ValueError("obs_prune needs weights (parameters with two or more dimensions, "
+                         "not named bias); the model has none")
     n = sum(int(np.prod(v.shape, dtype=np.int64)) for v, ok in zip(variables, eligible) if ok)
     count = int(x.shape[0])
     check_obs_memory(n, block_size, min(batch_size, count), max_bytes)

@@ -30,6 +30,7 @@ from ..core.curvature import (check_hessian_size, check_method, check_obs_memory
                               power_iteration)
 from .models import (_flatten, _unflatten, from_canonical, get_weights, parameter_names,
                      set_weights, trainable_parameters)
+from .pruning import _prunable
 from .runtime import as_tensor, measured_in_inference_mode
 from .training import _mean_loss, _per_sample_gradients, check_model_data
 
@@ -326,7 +327,8 @@ def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: i
     OBS (Hassibi & Stork 1993) removes the weights whose removal costs least to second order
     and moves the remaining weights to compensate. The Hessian is replaced by the damped
     empirical Fisher ``F = damping I + (1/N) sum_i g_i g_i^T`` of the eligible weights
-    (parameters with two or more dimensions, as in :func:`masks_from_scores`, flattened in
+    (parameters that :func:`companion.core.pruning.is_weight` calls weights, as in
+    :func:`masks_from_scores`, flattened in
     order), kept in diagonal blocks of ``block_size`` consecutive weights and inverted by
     Woodbury updates starting from ``I / damping`` (WoodFisher, Singh & Alistarh 2020; see
     :func:`companion.core.curvature.woodbury_block_inverse`). Then:
@@ -376,10 +378,10 @@ def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: i
     batch_size = check_positive_int("batch_size", batch_size)
     x, y = _data(model, x, y, loss)
     params = trainable_parameters(model)
-    eligible = [p.dim() >= 2 for p in params]
+    eligible = _prunable(model)
     if not any(eligible):
-        raise ValueError("obs_prune needs parameters with two or more dimensions (weight "
-                         "matrices); the model has none")
+        raise ValueError("obs_prune needs weights (parameters with two or more dimensions, "
+                         "not named bias); the model has none")
     n = sum(p.numel() for p, ok in zip(params, eligible) if ok)
     check_obs_memory(n, block_size, min(batch_size, len(x)), max_bytes)
     chunks = _per_sample_gradients(model, x, y, loss, batch_size,
