@@ -73,6 +73,28 @@ def check_data(x, y, loss: str):
     return x, y
 
 
+def check_loss(loss):
+    """Return ``loss`` if it is ``"cross_entropy"``, ``"mse"`` or a function.
+
+    A function takes the framework's tensors in the framework's own order and returns the
+    *mean* loss over the batch, a scalar tensor: in PyTorch ``loss(outputs, targets)``, as
+    ``torch.nn.functional.huber_loss`` or ``torch.nn.CrossEntropyLoss()``; in TensorFlow
+    ``loss(targets, outputs)``, as ``keras.losses.Huber()``. Means over batches are
+    weighted by batch size, so the loss of a data set is the mean over its examples, as
+    for the named losses.
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: neither a name nor a callable.
+    """
+    if callable(loss):
+        return loss
+    if not isinstance(loss, str):
+        raise TypeError(f"loss must be one of {', '.join(map(repr, LOSSES))} or a function "
+                        f"(outputs, targets) -> mean loss, got {type(loss).__name__}")
+    return check_choice("loss", loss, LOSSES)
+
+
 def check_labels(y: np.ndarray, classes: int) -> None:
     """Check that integer labels ``y`` name one of ``classes`` outputs: ``0 <= y < classes``.
 
@@ -149,7 +171,7 @@ def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, mo
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     if momentum and optimizer != "sgd":
         raise ValueError("momentum applies to optimizer='sgd' only")
-    check_choice("loss", loss, LOSSES)
+    check_loss(loss)
     if monitor is not None and not hasattr(monitor, "record"):
         raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
     return check_data(x, y, loss)

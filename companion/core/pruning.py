@@ -81,16 +81,6 @@ def lowest_score_masks(scores, eligible, sparsity: float, scope: str) -> list:
     return masks
 
 
-def data_batches(n: int, batch_size: int):
-    """Yield ``slice`` objects that cover ``range(n)`` in order, ``batch_size`` at a time.
-
-    Scores that sum over the whole data set (``gradient_scores``, ...) use these: the
-    order is fixed, so the sums are the same in both back ends.
-    """
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
-
-
 def random_canonical_scores(shapes, seed: int) -> list:
     """Uniform ``[0, 1)`` scores for parameters of canonical ``shapes``, from ``seed``.
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import LOSSES, check_choice, check_data, check_positive, check_sparsity
+from .batches import check_data_source, is_data_source
+from .checks import check_choice, check_data, check_loss, check_positive, check_sparsity
 from .pruning import SCOPES, keep_all_but_lowest
 from .training import History
 
@@ -271,9 +272,10 @@ def criterion_function(criterion, lookup, x=None, y=None, loss: str = "cross_ent
         criterion: one of the names above, or a function ``model -> scores``.
         lookup: a back end's ``name -> <name>_scores`` function (called at pruning time,
             so a back end may load ``obd_scores`` lazily).
-        x: inputs for the data-based criteria.
-        y: labels or targets for the data-based criteria.
-        loss: ``"cross_entropy"`` or ``"mse"``, for the data-based criteria.
+        x: inputs for the data-based criteria, or a data source of ``(x, y)`` batches.
+        y: labels or targets for the data-based criteria (``None`` with a data source).
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function, for the data-based
+            criteria.
         seed: the base seed of ``"random"``.
 
     Raises:
@@ -287,14 +289,16 @@ def criterion_function(criterion, lookup, x=None, y=None, loss: str = "cross_ent
         raise TypeError("criterion must be a name (" + ", ".join(map(repr, CRITERIA)) +
                         f") or a function model -> scores, got {type(criterion).__name__}")
     check_choice("criterion", criterion, CRITERIA)
-    check_choice("loss", loss, LOSSES)
+    check_loss(loss)
     if criterion == "magnitude":
         return lambda model, step: lookup("magnitude")(model)
     if criterion == "random":
         return lambda model, step: lookup("random")(model, int(seed) + step)
-    if x is None or y is None:
-        raise ValueError(f"criterion {criterion!r} scores weights on data: pass x and y")
-    x, y = check_data(x, y, loss)
+    if x is None or (y is None and not is_data_source(x)):
+        raise ValueError(f"criterion {criterion!r} scores weights on data: pass x and y, or "
+                         "a data source as x")
+    if not check_data_source(x, y):
+        x, y = check_data(x, y, loss)
     return lambda model, step: lookup(criterion)(model, x, y, loss=loss)
 
 

@@ -10,12 +10,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..core.checks import (LOSSES, check_choice, check_data, check_flag, check_masks,
-                           check_matching_shapes, check_positive_int, check_sparsity,
-                           check_tensor_list)
-from ..core.pruning import (SCOPES, CompressedSize, data_batches, is_weight,
-                            lowest_score_masks,
-                            random_canonical_scores, SparsityReport)
+from ..core.checks import (check_choice, check_flag, check_masks, check_matching_shapes,
+                           check_sparsity, check_tensor_list)
+from ..core.pruning import (SCOPES, CompressedSize, SparsityReport, is_weight,
+                            lowest_score_masks, random_canonical_scores)
+from .batches import numpy_batches
 from .models import (from_canonical, get_weights, parameter_names, to_canonical,
                      trainable_parameters)
 from .training import gradients
@@ -48,26 +47,23 @@ def random_scores(model, seed: int = 0) -> list:
     return from_canonical(model, random_canonical_scores(shapes, seed))
 
 
-def _batch_gradients(model, x, y, batch_size: int, loss: str):
-    """Yield ``(n_b / n, [dL_b/dθ])`` for consecutive batches ``b`` of the whole data set.
+def _batch_gradients(model, x, y, batch_size: int, loss):
+    """Yield ``(n_b, [dL_b/dθ])`` for the batches ``b`` of arrays or of a data source.
 
     Sparse gradients (``tf.IndexedSlices``, e.g. a Keras ``Embedding``'s) are made dense,
     rows of repeated indices summed: every entry gets a score.
     """
-    check_choice("loss", loss, LOSSES)
-    x, y = check_data(x, y, loss)
-    batch_size = check_positive_int("batch_size", batch_size)
-    for batch in data_batches(len(x), batch_size):
-        grads = gradients(model, x[batch], y[batch], loss)
-        yield len(x[batch]) / len(x), [tf.convert_to_tensor(g) for g in grads]
+    for xb, yb in numpy_batches(x, y, batch_size, loss):
+        yield len(xb), [tf.convert_to_tensor(g) for g in gradients(model, xb, yb, loss)]
 
 
 def gradient_scores(model, x, y, *, batch_size: int = 1000,
                     loss: str = "cross_entropy") -> list:
     """Gradient magnitude ``s_q = |dL/dw_q|`` of the mean loss over all of ``(x, y)``.
 
-    ``dL/dw = sum_b (n_b / n) dL_b/dw`` is accumulated over consecutive batches ``b``, so
-    the result does not depend on ``batch_size``. Near a minimum every gradient is small,
+    ``dL/dw = (1/n) sum_b n_b dL_b/dw`` is accumulated over consecutive batches ``b`` (of
+    ``batch_size`` rows, or a data source's batches), so the result does not depend on
+    how the data are batched. Near a minimum every gradient is small,
     the important weights' too: this is the criterion Chapter 3 shows failing.
 
     Args:
@@ -80,11 +76,12 @@ def gradient_scores(model, x, y, *, batch_size: int = 1000,
     Raises:
         ValueError: bad data, loss or batch size (as in :func:`gradients`).
     """
-    total = None
-    for weight, grads in _batch_gradients(model, x, y, batch_size, loss):
-        scaled = [weight * g for g in grads]
+    total, count = None, 0
+    for size, grads in _batch_gradients(model, x, y, batch_size, loss):
+        scaled = [size * g for g in grads]
         total = scaled if total is None else [t + g for t, g in zip(total, scaled)]
-    return [tf.abs(t) for t in total]
+        count += size
+    return [tf.abs(t / count) for t in total]
 
 
 def snip_scores(model, x, y, *, batch_size: int = 1000, loss: str = "cross_entropy") -> list:

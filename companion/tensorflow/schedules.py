@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..core.checks import (LOSSES, check_choice, check_flag, check_matching_shapes,
+from ..core.checks import (check_choice, check_flag, check_loss, check_matching_shapes,
                            check_train_args, resolve_seed)
 from ..core.schedules import (SCOPES, check_schedule, constant_sparsity, criterion_function,
                               GradualPruningResult, grow_masks, polynomial_decay, pruning_steps)
@@ -199,7 +199,7 @@ class GradualPruning(keras.callbacks.Callback):
                  prune_biases: bool = False, loss: str = "cross_entropy", seed: int = 0):
         super().__init__()
         check_choice("scope", scope, SCOPES)
-        check_choice("loss", loss, LOSSES)
+        check_loss(loss)
         check_schedule(schedule, 1)
         self._score = criterion_function(criterion, _score_function, x, y, loss,
                                          resolve_seed(seed))

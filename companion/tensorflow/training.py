@@ -18,10 +18,12 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ..core.checks import (LOSSES, check_choice, check_data, check_inputs, check_labels,
-                           check_masks, check_positive_int, check_train_args)
+from ..core.checks import (check_data, check_inputs, check_labels, check_loss, check_masks,
+                           check_positive_int, check_train_args)
 from ..core.training import (History, minibatches, nonfinite_clip_message, nonfinite_message,
                              NonFiniteError)
+from .batches import (_batch_mean, _mean_loss, _numpy, check_data_source, check_model_data,
+                      checked_batches, input_batches, is_data_source)
 from .clipping import Clip, clip_function
 from .diagnostics import total_norm
 from .models import _canonical_order, parameter_names, trainable_parameters
@@ -31,28 +33,7 @@ __all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", 
 
 
 
-def _mean_loss(output: tf.Tensor, target: tf.Tensor, loss: str) -> tf.Tensor:
-    if loss == "cross_entropy":
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target, output))
-    return tf.reduce_mean(tf.square(output - tf.reshape(target, tf.shape(output))))
-
-
-def check_model_data(model, x, y, loss: str):
-    """:func:`~companion.core.checks.check_data`, and for ``"cross_entropy"`` that every label
-    names one of the model's outputs (``0 <= y < classes``, ``classes`` read from the
-    model's output on one example); returns ``x, y`` as arrays.
-
-    Raises:
-        ValueError: as :func:`~companion.core.checks.check_data`, or a label out of range.
-    """
-    x, y = check_data(x, y, loss)
-    if loss == "cross_entropy":
-        output = model(as_tensor(x[:1], trainable_parameters(model)[0]), training=False)
-        check_labels(y, int(output.shape[-1]))
-    return x, y
-
-
-def loss_value(model, x, y, loss: str = "cross_entropy") -> tf.Tensor:
+def loss_value(model, x, y=None, loss="cross_entropy") -> tf.Tensor:
     """The mean loss of ``model`` on ``(x, y)`` as a scalar tensor (differentiable).
 
     * ``"cross_entropy"``: ``-(1/n) sum_i log softmax(f(x_i))_{y_i}``; the model returns
@@ -61,16 +42,24 @@ def loss_value(model, x, y, loss: str = "cross_entropy") -> tf.Tensor:
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``;
+            see :func:`companion.core.checks.is_data_source`).
         y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
             the targets, ``d`` values per example.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a function ``(targets, outputs) -> mean
+            loss`` such as a ``keras.losses`` object (see
+            :func:`companion.core.checks.check_loss`).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+        TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
+            or given with a data source, or a one-pass iterator as ``x``.
     """
-    check_choice("loss", loss, LOSSES)
+    loss = check_loss(loss)
+    if check_data_source(x, y):
+        return _batch_mean(lambda xb, yb: loss_value(model, xb, yb, loss), x, loss)
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return _mean_loss(model(as_tensor(x, like), training=False), as_tensor(y, like), loss)
@@ -101,23 +90,31 @@ def _compiled_gradients(model, loss: str, training: bool):
     return compiled_for(model, ("gradients", loss, training), make)
 
 
-def gradients(model, x, y, loss: str = "cross_entropy") -> list:
+def gradients(model, x, y=None, loss="cross_entropy") -> list:
     """``[dL/dθ for θ in trainable variables]`` of the mean loss on ``(x, y)``.
 
     The gradients are returned; the model is not changed.
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``;
+            see :func:`companion.core.checks.is_data_source`).
         y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
             the targets, ``d`` values per example.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a function ``(targets, outputs) -> mean
+            loss`` such as a ``keras.losses`` object (see
+            :func:`companion.core.checks.check_loss`).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+        TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
+            or given with a data source, or a one-pass iterator as ``x``.
     """
-    check_choice("loss", loss, LOSSES)
+    loss = check_loss(loss)
+    if check_data_source(x, y):
+        return _batch_mean(lambda xb, yb: gradients(model, xb, yb, loss), x, loss)
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     compiled = _compiled_gradients(model, loss, training=False)
@@ -125,7 +122,7 @@ def gradients(model, x, y, loss: str = "cross_entropy") -> list:
     return list(grads)
 
 
-def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
+def input_gradients(model, x, y=None, loss="cross_entropy") -> np.ndarray:
     """``dL/dx``: the gradient of the mean loss with respect to the inputs, as NumPy.
 
     Same shape as ``x``. For a sequence model, ``||dL/dx_t||`` against ``t`` shows how far
@@ -133,16 +130,27 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``;
+            see :func:`companion.core.checks.is_data_source`).
         y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
             the targets, ``d`` values per example.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a function ``(targets, outputs) -> mean
+            loss`` such as a ``keras.losses`` object (see
+            :func:`companion.core.checks.check_loss`).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+        TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
+            or given with a data source, or a one-pass iterator as ``x``.
     """
-    check_choice("loss", loss, LOSSES)
+    loss = check_loss(loss)
+    if check_data_source(x, y):
+        parts = [(len(xb), input_gradients(model, xb, yb, loss))
+                 for xb, yb in checked_batches(x, loss, _numpy)]
+        count = sum(n for n, _ in parts)
+        return np.concatenate([part * (n / count) for n, part in parts])
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     # [input-gradients]
@@ -162,22 +170,27 @@ def predict(model, x, batch_size: int = 1024) -> np.ndarray:
 
     Args:
         model: a model of this back end, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
-        batch_size: examples per forward pass, an integer >= 1 (bounds memory only).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            whose batches are inputs or ``(x, y)`` pairs (``y`` is ignored).
+        batch_size: examples per forward pass, an integer >= 1 (bounds memory only; a data
+            source brings its own batches).
 
     Raises:
         ValueError: ``x`` empty or without an example axis, or a ``batch_size`` that is
             not an integer >= 1.
     """
-    x = check_inputs(x)
     batch_size = check_positive_int("batch_size", batch_size)
+    if is_data_source(x):
+        batches = input_batches(x, _numpy)
+    else:
+        x = check_inputs(x)
+        batches = (x[start:start + batch_size] for start in range(0, len(x), batch_size))
     like = trainable_parameters(model)[0]
-    return np.concatenate([model(as_tensor(x[start:start + batch_size], like),
-                                 training=False).numpy()
-                           for start in range(0, len(x), batch_size)])
+    return np.concatenate([model(as_tensor(xb, like), training=False).numpy()
+                           for xb in batches])
 
 
-def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -> dict:
+def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> dict:
     """Mean loss, and accuracy for ``"cross_entropy"``, over all of ``(x, y)``.
 
     Returns ``{"loss": float, "accuracy": float}`` (``{"loss": float}`` for ``"mse"``).
@@ -185,31 +198,43 @@ def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``;
+            see :func:`companion.core.checks.is_data_source`).
         y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
             the targets, ``d`` values per example.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a function ``(targets, outputs) -> mean
+            loss`` such as a ``keras.losses`` object (see
+            :func:`companion.core.checks.check_loss`).
         batch_size: examples per forward pass, an integer >= 1 (bounds memory only).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, ``y``
             not integer labels of shape ``(n,)`` (for ``"cross_entropy"``), or a
             ``batch_size`` that is not an integer >= 1.
+        TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
+            or given with a data source, or a one-pass iterator as ``x``.
     """
-    check_choice("loss", loss, LOSSES)
-    x, y = check_model_data(model, x, y, loss)
+    loss = check_loss(loss)
     batch_size = check_positive_int("batch_size", batch_size)
+    if check_data_source(x, y):
+        batches = checked_batches(x, loss, _numpy)
+    else:
+        x, y = check_data(x, y, loss)
+        batches = ((x[start:start + batch_size], y[start:start + batch_size])
+                   for start in range(0, len(x), batch_size))
     like = trainable_parameters(model)[0]
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+    total_loss, correct, count = 0.0, 0, 0
+    for xb, yb in batches:
         output = model(as_tensor(xb, like), training=False)
-        total_loss += float(_mean_loss(output, as_tensor(yb, like), loss)) * len(xb)
         if loss == "cross_entropy":
+            check_labels(yb, int(output.shape[-1]))
             correct += int(np.sum(np.argmax(output.numpy(), axis=1) == yb))
-    result = {"loss": total_loss / len(x)}
+        total_loss += float(_mean_loss(output, as_tensor(yb, like), loss)) * len(xb)
+        count += len(xb)
+    result = {"loss": total_loss / count}
     if loss == "cross_entropy":
-        result["accuracy"] = correct / len(x)
+        result["accuracy"] = correct / count
     return result
 
 

@@ -9,37 +9,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..core.checks import (LOSSES, check_choice, check_data, check_inputs, check_labels,
-                           check_masks, check_positive_int, check_train_args)
+from ..core.checks import (check_data, check_inputs, check_labels, check_loss, check_masks,
+                           check_positive_int, check_train_args)
 from ..core.training import (History, minibatches, nonfinite_clip_message, nonfinite_message,
                              NonFiniteError)
+from .batches import (_batch_mean, _mean_loss, _numpy, check_data_source, check_model_data,
+                      checked_batches, input_batches, is_data_source)
 from .clipping import Clip, clip_function
 from .diagnostics import global_norm
 from .models import parameter_names, trainable_parameters
-from .runtime import as_tensor, inference_mode, measured_in_inference_mode, training_mode
+from .runtime import as_tensor, measured_in_inference_mode, training_mode
 
 __all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", "train"]
 
 
-def check_model_data(model, x, y, loss: str):
-    """:func:`~companion.core.checks.check_data`, and for ``"cross_entropy"`` that every label
-    names one of the model's outputs (``0 <= y < classes``, ``classes`` read from the
-    model's output on one example); returns ``x, y`` as arrays.
-
-    Raises:
-        ValueError: as :func:`~companion.core.checks.check_data`, or a label out of range.
-    """
-    x, y = check_data(x, y, loss)
-    if loss == "cross_entropy":
-        # One example: in training mode BatchNorm would refuse it (and count a batch).
-        with torch.no_grad(), inference_mode(model):
-            output = model(as_tensor(x[:1], trainable_parameters(model)[0]))
-        check_labels(y, int(output.shape[-1]))
-    return x, y
-
-
 @measured_in_inference_mode
-def loss_value(model, x, y, loss: str = "cross_entropy") -> torch.Tensor:
+def loss_value(model, x, y=None, loss="cross_entropy") -> torch.Tensor:
     """The mean loss of ``model`` on ``(x, y)`` as a scalar tensor (differentiable).
 
     * ``"cross_entropy"``: ``-(1/n) sum_i log softmax(f(x_i))_{y_i}``; the model returns
@@ -51,29 +36,30 @@ def loss_value(model, x, y, loss: str = "cross_entropy") -> torch.Tensor:
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``; see
+            :func:`companion.core.checks.is_data_source`).
         y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
             the targets, ``d`` values per example.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> mean
+            loss`` (see :func:`companion.core.checks.check_loss`).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+        TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
+            or given with a data source, or a one-pass iterator as ``x``.
     """
-    check_choice("loss", loss, LOSSES)
+    loss = check_loss(loss)
+    if check_data_source(x, y):
+        return _batch_mean(lambda xb, yb: loss_value(model, xb, yb, loss), x, loss)
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return _mean_loss(model(as_tensor(x, like)), as_tensor(y, like), loss)
 
 
-def _mean_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    if loss == "cross_entropy":
-        return torch.nn.functional.cross_entropy(output, target)
-    return torch.nn.functional.mse_loss(output, target.reshape(output.shape))
-
-
 @measured_in_inference_mode
-def gradients(model, x, y, loss: str = "cross_entropy") -> list:
+def gradients(model, x, y=None, loss="cross_entropy") -> list:
     """``[dL/dθ for θ in trainable parameters]`` of the mean loss on ``(x, y)``.
 
     The gradients are returned, not stored in ``.grad``: the model is not changed.
@@ -82,20 +68,28 @@ def gradients(model, x, y, loss: str = "cross_entropy") -> list:
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``; see
+            :func:`companion.core.checks.is_data_source`).
         y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
             the targets, ``d`` values per example.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> mean
+            loss`` (see :func:`companion.core.checks.check_loss`).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+        TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
+            or given with a data source, or a one-pass iterator as ``x``.
     """
+    if check_data_source(x, y):
+        loss = check_loss(loss)
+        return _batch_mean(lambda xb, yb: gradients(model, xb, yb, loss), x, loss)
     return list(torch.autograd.grad(loss_value(model, x, y, loss), trainable_parameters(model)))
 
 
 @measured_in_inference_mode
-def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
+def input_gradients(model, x, y=None, loss="cross_entropy") -> np.ndarray:
     """``dL/dx``: the gradient of the mean loss with respect to the inputs, as NumPy.
 
     Same shape as ``x``. For a sequence model, ``||dL/dx_t||`` against ``t`` shows how far
@@ -105,16 +99,26 @@ def input_gradients(model, x, y, loss: str = "cross_entropy") -> np.ndarray:
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``; see
+            :func:`companion.core.checks.is_data_source`).
         y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
             the targets, ``d`` values per example.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> mean
+            loss`` (see :func:`companion.core.checks.check_loss`).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
             ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+        TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
+            or given with a data source, or a one-pass iterator as ``x``.
     """
-    check_choice("loss", loss, LOSSES)
+    loss = check_loss(loss)
+    if check_data_source(x, y):
+        parts = [(len(xb), input_gradients(model, xb, yb, loss))
+                 for xb, yb in checked_batches(x, loss, _numpy)]
+        count = sum(n for n, _ in parts)
+        return np.concatenate([part * (n / count) for n, part in parts])
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     # [input-gradients]
@@ -135,23 +139,28 @@ def predict(model, x, batch_size: int = 1024) -> np.ndarray:
 
     Args:
         model: a model of this back end, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
-        batch_size: examples per forward pass, an integer >= 1 (bounds memory only).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            whose batches are inputs or ``(x, y)`` pairs (``y`` is ignored).
+        batch_size: examples per forward pass, an integer >= 1 (bounds memory only; a data
+            source brings its own batches).
 
     Raises:
         ValueError: ``x`` empty or without an example axis, or a ``batch_size`` that is
             not an integer >= 1.
     """
-    x = check_inputs(x)
     batch_size = check_positive_int("batch_size", batch_size)
+    if is_data_source(x):
+        batches = input_batches(x, _numpy)
+    else:
+        x = check_inputs(x)
+        batches = (x[start:start + batch_size] for start in range(0, len(x), batch_size))
     like = trainable_parameters(model)[0]
     with torch.no_grad():
-        return np.concatenate([model(as_tensor(x[start:start + batch_size], like)).cpu().numpy()
-                               for start in range(0, len(x), batch_size)])
+        return np.concatenate([model(as_tensor(xb, like)).cpu().numpy() for xb in batches])
 
 
 @measured_in_inference_mode
-def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -> dict:
+def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> dict:
     """Mean loss, and accuracy for ``"cross_entropy"``, over all of ``(x, y)``.
 
     Returns ``{"loss": float, "accuracy": float}`` (``{"loss": float}`` for ``"mse"``).
@@ -161,32 +170,43 @@ def evaluate(model, x, y, loss: str = "cross_entropy", batch_size: int = 1024) -
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``; see
+            :func:`companion.core.checks.is_data_source`).
         y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
             the targets, ``d`` values per example.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> mean
+            loss`` (see :func:`companion.core.checks.check_loss`).
         batch_size: examples per forward pass, an integer >= 1 (bounds memory only).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, ``y``
             not integer labels of shape ``(n,)`` (for ``"cross_entropy"``), or a
             ``batch_size`` that is not an integer >= 1.
+        TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
+            or given with a data source, or a one-pass iterator as ``x``.
     """
-    check_choice("loss", loss, LOSSES)
-    x, y = check_model_data(model, x, y, loss)
+    loss = check_loss(loss)
     batch_size = check_positive_int("batch_size", batch_size)
+    if check_data_source(x, y):
+        batches = checked_batches(x, loss, _numpy)
+    else:
+        x, y = check_data(x, y, loss)
+        batches = ((x[start:start + batch_size], y[start:start + batch_size])
+                   for start in range(0, len(x), batch_size))
     like = trainable_parameters(model)[0]
-    total_loss, correct = 0.0, 0
+    total_loss, correct, count = 0.0, 0, 0
     with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        for xb, yb in batches:
             output = model(as_tensor(xb, like))
-            total_loss += _mean_loss(output, as_tensor(yb, like), loss).item() * len(xb)
             if loss == "cross_entropy":
+                check_labels(yb, int(output.shape[-1]))
                 correct += int(np.sum(output.argmax(dim=1).cpu().numpy() == yb))
-    result = {"loss": total_loss / len(x)}
+            total_loss += _mean_loss(output, as_tensor(yb, like), loss).item() * len(xb)
+            count += len(xb)
+    result = {"loss": total_loss / count}
     if loss == "cross_entropy":
-        result["accuracy"] = correct / len(x)
+        result["accuracy"] = correct / count
     return result
 
 

@@ -1,0 +1,94 @@
+"""Data given as arrays or as a source of batches: the rules both back ends share.
+
+Every function that takes data takes either arrays ``x, y`` (one example per row) or, as
+``x`` with ``y=None``, a *data source*: a re-iterable object that yields ``(x, y)``
+batches, such as a ``torch.utils.data.DataLoader`` or a ``tf.data.Dataset``. A source is
+read one batch at a time, so memory is bounded by the batch; a mean over the data set is
+the batch means weighted by batch size. The back ends' ``batches`` modules convert their
+tensors to NumPy and call these functions.
+"""
+
+from __future__ import annotations
+
+from .checks import check_data, check_inputs
+
+__all__ = ["is_data_source", "check_data_source", "checked_batches", "input_batches"]
+
+
+def is_data_source(x) -> bool:
+    """Whether ``x`` is a source of batches rather than an array.
+
+    A source is any re-iterable object that is not array-like (no ``__array__``, not a
+    list or tuple): a ``torch.utils.data.DataLoader``, a ``tf.data.Dataset``, or an object
+    of one's own whose ``iter()`` starts a new pass.
+
+    Raises:
+        TypeError: a one-pass iterator (a generator): the functions that read the data
+            more than once would find it empty the second time.
+    """
+    source = (hasattr(x, "__iter__") and not hasattr(x, "__array__")
+              and not isinstance(x, (list, tuple, str, bytes, dict)))
+    if source and iter(x) is x:
+        raise TypeError("x is a one-pass iterator (e.g. a generator); pass something that "
+                        "can be iterated again (a DataLoader, a tf.data.Dataset, an object "
+                        "whose __iter__ starts a new pass) or arrays")
+    return source
+
+
+def check_data_source(x, y) -> bool:
+    """Whether ``x`` is a data source of ``(inputs, targets)`` batches (see
+    :func:`is_data_source`) rather than an array that comes with its targets ``y``.
+
+    Raises:
+        TypeError: a source with ``y`` given (its batches hold the targets), arrays without
+            ``y``, or a one-pass iterator.
+    """
+    source = is_data_source(x)
+    if source and y is not None:
+        raise TypeError("y must be None when x is a data source: its batches hold the targets")
+    if not source and y is None:
+        raise TypeError("y is missing: pass arrays x and y, or a data source of (x, y) batches "
+                        "(a torch DataLoader, a tf.data.Dataset) as x")
+    return source
+
+
+def input_batches(source, to_numpy):
+    """Yield the inputs of a data source's batches as NumPy arrays: the first entry of each
+    pair ``(x, y)``, or the batch itself where it is not a pair.
+
+    Raises:
+        ValueError: a source that yields no batch.
+    """
+    count = 0
+    for batch in source:
+        inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+        count += 1
+        yield check_inputs(to_numpy(inputs))
+    if count == 0:
+        raise ValueError("the data source yielded no batch")
+
+
+def checked_batches(source, loss, to_numpy):
+    """Yield the ``(x, y)`` batches of a data source as checked NumPy arrays.
+
+    Each batch must be a pair ``(inputs, targets)``; ``to_numpy`` converts one of the
+    framework's tensors (the back end passes its own), and each pair goes through
+    :func:`check_data` for ``loss``.
+
+    Raises:
+        ValueError: a batch that is not a pair, a batch :func:`check_data` refuses, or a
+            source that yields no batch.
+    """
+    count = 0
+    for index, batch in enumerate(source):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"batch {index} of the data source is not a pair (x, y), got "
+                             f"{type(batch).__name__}")
+        try:
+            xb, yb = check_data(to_numpy(batch[0]), to_numpy(batch[1]), loss)
+        except ValueError as error:
+            raise ValueError(f"batch {index} of the data source: {error}") from None
+        count += 1
+        yield xb, yb
+    if count == 0:
+        raise ValueError("the data source yielded no batch")

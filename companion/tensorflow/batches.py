@@ -1,0 +1,84 @@
+"""Data as arrays or as a source of batches, and the loss on a batch, TensorFlow back end.
+
+The rules (what a data source is, how batches are checked and weighted) are in
+:mod:`companion.core.batches`; here TensorFlow's tensors become NumPy arrays and back, and
+a loss, named or a function ``loss(targets, outputs) -> mean loss`` as a ``keras.losses``
+object, is evaluated on a batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from ..core.batches import check_data_source, checked_batches, input_batches, is_data_source
+from ..core.checks import check_data, check_labels, check_loss, check_positive_int
+from .models import trainable_parameters
+from .runtime import as_tensor
+
+# Re-exported for the modules that take data.
+__all__ = ["check_data_source", "is_data_source", "checked_batches", "input_batches",
+           "check_model_data", "numpy_batches"]
+
+
+def _numpy(tensor) -> np.ndarray:
+    return tensor.numpy() if tf.is_tensor(tensor) else np.asarray(tensor)
+
+
+def _batch_mean(compute, source, loss):
+    """``(1/N) sum_b n_b compute(x_b, y_b)`` over the batches ``b`` of a data source, where
+    ``compute`` returns a tensor or a list of tensors (one batch in memory at a time)."""
+    total, count = None, 0
+    for xb, yb in checked_batches(source, loss, _numpy):
+        value = compute(xb, yb)
+        terms = value if isinstance(value, list) else [value]
+        weighted = [len(xb) * tf.convert_to_tensor(t) for t in terms]
+        total = weighted if total is None else [a + b for a, b in zip(total, weighted)]
+        count += len(xb)
+    mean = [t / count for t in total]
+    return mean if isinstance(value, list) else mean[0]
+
+
+def _mean_loss(output: tf.Tensor, target: tf.Tensor, loss) -> tf.Tensor:
+    if loss == "cross_entropy":
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target, output))
+    if loss == "mse":
+        return tf.reduce_mean(tf.square(output - tf.reshape(target, tf.shape(output))))
+    value = loss(target, output)  # Keras' order: (y_true, y_pred)
+    if not tf.is_tensor(value) or value.shape.rank != 0:
+        raise ValueError("the loss function must return the mean loss over the batch, a "
+                         f"scalar tensor; got {getattr(value, 'shape', type(value).__name__)}")
+    return value
+
+
+def check_model_data(model, x, y, loss: str):
+    """:func:`~companion.core.checks.check_data`, and for ``"cross_entropy"`` that every label
+    names one of the model's outputs (``0 <= y < classes``, ``classes`` read from the
+    model's output on one example); returns ``x, y`` as arrays.
+
+    Raises:
+        ValueError: as :func:`~companion.core.checks.check_data`, or a label out of range.
+    """
+    x, y = check_data(x, y, loss)
+    if loss == "cross_entropy":
+        output = model(as_tensor(x[:1], trainable_parameters(model)[0]), training=False)
+        check_labels(y, int(output.shape[-1]))
+    return x, y
+
+
+def numpy_batches(x, y, batch_size: int, loss):
+    """``(x_b, y_b)`` NumPy batches, checked: ``batch_size`` consecutive rows of arrays
+    ``x, y``, or the batches of a data source ``x`` as they come (``batch_size`` unused).
+
+    Raises:
+        TypeError, ValueError: as :func:`companion.core.batches.check_data_source`,
+            :func:`companion.core.checks.check_data` and ``check_loss``; a ``batch_size``
+            that is not an integer >= 1.
+    """
+    loss = check_loss(loss)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if check_data_source(x, y):
+        return checked_batches(x, loss, _numpy)
+    x, y = check_data(x, y, loss)
+    return ((x[start:start + batch_size], y[start:start + batch_size])
+            for start in range(0, len(x), batch_size))
