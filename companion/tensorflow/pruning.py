@@ -57,7 +57,7 @@ def _batch_gradients(model, x, y, batch_size: int, loss):
         yield len(xb), [tf.convert_to_tensor(g) for g in gradients(model, xb, yb, loss)]
 
 
-def gradient_scores(model, x, y, *, batch_size: int = 1000,
+def gradient_scores(model, x, y=None, *, batch_size: int = 1000,
                     loss: str = "cross_entropy") -> list:
     """Gradient magnitude ``s_q = |dL/dw_q|`` of the mean loss over all of ``(x, y)``.
 
@@ -68,13 +68,14 @@ def gradient_scores(model, x, y, *, batch_size: int = 1000,
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``).
         y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
         batch_size: examples per gradient evaluation, an integer >= 1 (bounds memory only).
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (as in :func:`gradients`).
 
     Raises:
-        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+        ValueError, TypeError: bad data, loss or batch size (as in :func:`gradients`).
     """
     total, count = None, 0
     for size, grads in _batch_gradients(model, x, y, batch_size, loss):
@@ -84,7 +85,7 @@ def gradient_scores(model, x, y, *, batch_size: int = 1000,
     return [tf.abs(t / count) for t in total]
 
 
-def snip_scores(model, x, y, *, batch_size: int = 1000, loss: str = "cross_entropy") -> list:
+def snip_scores(model, x, y=None, *, batch_size: int = 1000, loss: str = "cross_entropy") -> list:
     """SNIP connection sensitivity ``s_q = |dL/dw_q * w_q|`` (Lee et al. 2019).
 
     Equal to ``|dL/dc_q|`` at ``c = 1`` for a multiplicative gate ``c_q`` on each weight
@@ -94,19 +95,20 @@ def snip_scores(model, x, y, *, batch_size: int = 1000, loss: str = "cross_entro
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``).
         y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
         batch_size: examples per gradient evaluation, an integer >= 1 (bounds memory only).
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (as in :func:`gradients`).
 
     Raises:
-        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+        ValueError, TypeError: bad data, loss or batch size (as in :func:`gradients`).
     """
     grads = gradient_scores(model, x, y, batch_size=batch_size, loss=loss)
     return [g * tf.abs(v) for g, v in zip(grads, trainable_parameters(model))]
 
 
-def taylor_scores(model, x, y, *, batch_size: int = 64, loss: str = "cross_entropy") -> list:
+def taylor_scores(model, x, y=None, *, batch_size: int = 64, loss: str = "cross_entropy") -> list:
     """First-order Taylor importance ``s_q = mean_b (dL_b/dw_q * w_q)^2`` (Molchanov et al. 2019).
 
     ``(g_q w_q)^2`` estimates the squared loss change of removing ``w_q``; squaring each
@@ -117,13 +119,14 @@ def taylor_scores(model, x, y, *, batch_size: int = 64, loss: str = "cross_entro
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``).
         y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
         batch_size: examples per minibatch estimate, an integer >= 1.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (as in :func:`gradients`).
 
     Raises:
-        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+        ValueError, TypeError: bad data, loss or batch size (as in :func:`gradients`).
     """
     variables = [tf.convert_to_tensor(v) for v in trainable_parameters(model)]
     total, count = None, 0

@@ -56,7 +56,7 @@ def _batch_gradients(model, x, y, batch_size: int, loss):
 
 
 @measured_in_inference_mode
-def gradient_scores(model, x, y, *, batch_size: int = 1000,
+def gradient_scores(model, x, y=None, *, batch_size: int = 1000,
                     loss: str = "cross_entropy") -> list:
     """Gradient magnitude ``s_q = |dL/dw_q|`` of the mean loss over all of ``(x, y)``.
 
@@ -67,13 +67,14 @@ def gradient_scores(model, x, y, *, batch_size: int = 1000,
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``).
         y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
         batch_size: examples per gradient evaluation, an integer >= 1 (bounds memory only).
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (as in :func:`gradients`).
 
     Raises:
-        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+        ValueError, TypeError: bad data, loss or batch size (as in :func:`gradients`).
     """
     total, count = None, 0
     for size, grads in _batch_gradients(model, x, y, batch_size, loss):
@@ -84,7 +85,7 @@ def gradient_scores(model, x, y, *, batch_size: int = 1000,
 
 
 @measured_in_inference_mode
-def snip_scores(model, x, y, *, batch_size: int = 1000, loss: str = "cross_entropy") -> list:
+def snip_scores(model, x, y=None, *, batch_size: int = 1000, loss: str = "cross_entropy") -> list:
     """SNIP connection sensitivity ``s_q = |dL/dw_q * w_q|`` (Lee et al. 2019).
 
     Equal to ``|dL/dc_q|`` at ``c = 1`` for a multiplicative gate ``c_q`` on each weight
@@ -94,20 +95,21 @@ def snip_scores(model, x, y, *, batch_size: int = 1000, loss: str = "cross_entro
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``).
         y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
         batch_size: examples per gradient evaluation, an integer >= 1 (bounds memory only).
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (as in :func:`gradients`).
 
     Raises:
-        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+        ValueError, TypeError: bad data, loss or batch size (as in :func:`gradients`).
     """
     grads = gradient_scores(model, x, y, batch_size=batch_size, loss=loss)
     return [g * p.detach().abs() for g, p in zip(grads, trainable_parameters(model))]
 
 
 @measured_in_inference_mode
-def taylor_scores(model, x, y, *, batch_size: int = 64, loss: str = "cross_entropy") -> list:
+def taylor_scores(model, x, y=None, *, batch_size: int = 64, loss: str = "cross_entropy") -> list:
     """First-order Taylor importance ``s_q = mean_b (dL_b/dw_q * w_q)^2`` (Molchanov et al. 2019).
 
     ``(g_q w_q)^2`` estimates the squared loss change of removing ``w_q``; squaring each
@@ -118,13 +120,14 @@ def taylor_scores(model, x, y, *, batch_size: int = 64, loss: str = "cross_entro
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``).
         y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
         batch_size: examples per minibatch estimate, an integer >= 1.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (as in :func:`gradients`).
 
     Raises:
-        ValueError: bad data, loss or batch size (as in :func:`gradients`).
+        ValueError, TypeError: bad data, loss or batch size (as in :func:`gradients`).
     """
     params = [p.detach() for p in trainable_parameters(model)]
     total, count = None, 0
