@@ -17,7 +17,7 @@ from ..core.checks import resolve_seed
 from ..core.attention import (LAYER_NORM_EPSILON, check_sequence_length,
                                 check_transformer_args,
                                 transformer_initial_weights, transformer_layout)
-from .models import set_weights
+from .layout import set_weights
 
 __all__ = ["transformer", "Transformer", "causal_attention"]
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from ..core.batches import check_data_source, checked_batches, input_batches, is_data_source
 from ..core.checks import check_data, check_labels, check_loss, check_positive_int
-from .models import trainable_parameters
+from .layout import trainable_parameters
 from .runtime import as_tensor
 
 # Re-exported for the modules that take data.

@@ -15,7 +15,7 @@ import torch
 from ..core.checks import check_positive, check_tensor_list
 from ..core.clipping import Clip, check_clip_inputs, nonfinite_norm_message, resolve_clip
 from .diagnostics import _norm64, total_norm
-from .models import trainable_parameters
+from .layout import trainable_parameters
 
 __all__ = ["Clip", "clip_by_value", "clip_by_norm", "clip_by_global_norm", "adaptive_clip",
            "clip_function", "clip_grads_"]

@@ -6,7 +6,7 @@ import torch
 
 from ..core.checks import check_positive
 from ..core.diagnostics import GradientNormRecorder, layer_norms_from, norm_of_norms
-from .models import parameter_names
+from .layout import parameter_names
 
 __all__ = ["total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
 

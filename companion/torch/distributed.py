@@ -50,7 +50,8 @@ from ..core.distributed import (DATA_PARALLEL_CLIPS, check_data_parallel_args,
                                 whole_batch_step)
 from .clipping import clip_by_global_norm
 from .diagnostics import global_norm
-from .models import get_weights, mlp, set_weights, trainable_parameters
+from .layout import get_weights, set_weights, trainable_parameters
+from .models import mlp
 from .training import _mean_loss
 
 __all__ = ["data_parallel_step", "compare_data_parallel_clipping", "single_process_step",

@@ -20,7 +20,7 @@ from ..core.schedules import (SCOPES, constant_sparsity, criterion_function,
                               GradualPruningResult, grow_masks, polynomial_decay, pruning_steps)
 from ..core.schedules import warmup_schedule as shared_warmup_schedule
 from . import pruning
-from .models import from_canonical, parameter_names, to_canonical, trainable_parameters
+from .layout import from_canonical, parameter_names, to_canonical, trainable_parameters
 from .training import _train
 
 __all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",

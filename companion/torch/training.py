@@ -17,7 +17,7 @@ from .batches import (_batch_mean, _mean_loss, _numpy, check_data_source, check_
                       checked_batches, input_batches, is_data_source)
 from .clipping import Clip, clip_function
 from .diagnostics import global_norm
-from .models import parameter_names, trainable_parameters
+from .layout import parameter_names, trainable_parameters
 from .runtime import as_tensor, measured_in_inference_mode, training_mode
 
 __all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", "train"]
