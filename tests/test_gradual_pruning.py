@@ -281,6 +281,23 @@ def test_keras_callback_rejects_bad_input_when_made(args, kwargs, error, message
         ctf.GradualPruning(*args, **kwargs)
 
 
+def test_keras_callback_checks_every_step_of_a_fit_before_training():
+    """A schedule that goes bad at step 11 stops ``fit`` before the first batch."""
+    x, y = problem()
+    model = keras_model(28)
+    before = ctf.get_weights(model)
+
+    def schedule(t):
+        return ct.polynomial_decay(t, 0.0, 1.0 if t >= 11 else 0.5, 0, 16, frequency=4)
+
+    pruning = ctf.GradualPruning("magnitude", schedule)
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, callbacks=[pruning])
+    assert pruning.steps == [] and int(model.optimizer.iterations.numpy()) == 0
+    for mine, theirs in zip(ctf.get_weights(model), before, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
 # --------------------------------------------------------------------------- compressed size
 
 

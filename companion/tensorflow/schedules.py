@@ -192,7 +192,8 @@ class GradualPruning(keras.callbacks.Callback):
     Raises:
         ValueError, TypeError: an unknown criterion, scope or loss, a data-based criterion
             without data, or an invalid schedule (checked at step 1), when the callback
-            is made.
+            is made; a schedule invalid at any step of a ``fit`` whose length Keras knows,
+            when that ``fit`` starts (before any weight changes).
     """
 
     def __init__(self, criterion, schedule, x=None, y=None, *, scope: str = "global",
@@ -224,6 +225,12 @@ class GradualPruning(keras.callbacks.Callback):
                 variable.assign(variable * mask)
 
     def on_train_begin(self, logs=None):
+        # Every step of this fit is checked now, so a bad schedule fails before training.
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if steps and epochs:
+            first = int(self.model.optimizer.iterations.numpy()) + 1
+            for step in range(first, first + steps * epochs):
+                check_schedule(self._schedule, step)
         self._apply()
 
     def on_train_batch_begin(self, batch, logs=None):
