@@ -1,6 +1,7 @@
 """Framework-neutral data parallelism: argument checks, the step record, worker processes
 and the single-process reference step that both back ends' data-parallel runs are checked
-against.
+against; and the record of gradual pruning under data parallelism
+(:class:`DataParallelPruning`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from .checks import LOSSES, check_choice, check_data, check_positive, check_positive_int
 from .models import check_sizes
+from .schedules import pruning_steps
 
 
 DATA_PARALLEL_CLIPS = ("after_allreduce", "per_worker", None)
@@ -124,6 +126,58 @@ def load_data_parallel_steps(path: str, jobs, count: int) -> dict:
             global_norm=float(arrays[f"{j}.global_norm"]),
             worker_norms=arrays[f"{j}.worker_norms"].tolist())
             for j, (clip, c) in enumerate(jobs)}
+
+
+@dataclass
+class DataParallelPruning:
+    """Gradual magnitude pruning under data parallelism (``data_parallel_pruning``).
+
+    Attributes:
+        replicas: one list of canonical-layout weights per worker (PyTorch) or replica
+            (TensorFlow) after the last step: every copy must hold the same numbers, and
+            the pruned entries exactly zero in every copy.
+        steps: the steps that pruned (counted from 1, as in ``pruning_steps``).
+        sparsities: the target sparsity of each of those steps.
+    """
+
+    replicas: list
+    steps: list
+    sparsities: list
+
+
+def check_momentum(momentum) -> float:
+    """Return ``momentum`` as a float if it is a real number in ``[0, 1)``."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)):
+        raise TypeError(f"momentum must be a real number in [0, 1), got {type(momentum).__name__}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    return float(momentum)
+
+
+def check_pruning_plan(schedule, steps) -> list:
+    """``pruning_steps(schedule, steps)``, as plain ``(step, sparsity)`` pairs that can be
+    sent to worker processes (a schedule function often cannot be pickled).
+
+    Raises:
+        ValueError, TypeError: ``steps`` not an integer >= 1, or an invalid schedule.
+    """
+    steps = check_positive_int("steps", steps)
+    plan = [(int(t), float(s)) for t, s in pruning_steps(schedule, steps)]
+    if not plan:
+        raise ValueError(f"the schedule never prunes in {steps} steps")
+    return plan
+
+
+def save_replicas(path: str, replicas) -> None:
+    """Write one list of weight arrays per replica to a ``.npz`` file."""
+    np.savez(path, **{f"{k}.w{i}": w for k, weights in enumerate(replicas)
+                      for i, w in enumerate(weights)})
+
+
+def load_replicas(path: str, count: int, parameters: int) -> list:
+    """Read what :func:`save_replicas` wrote: ``count`` lists of ``parameters`` arrays."""
+    with np.load(path) as arrays:
+        return [[arrays[f"{k}.w{i}"] for i in range(parameters)] for k in range(count)]
 
 
 def run_worker_processes(module: str, count: int, folder: str, timeout: float,

@@ -10,9 +10,9 @@ from .curvature import (hessian, hessian_diagonal, hutchinson_trace, hvp, obd_sc
                         obs_prune, top_eigenvalue)
 from .diagnostics import (GradientMonitor, global_norm, layer_norms, parameter_norms,
                           total_norm)
-from .distributed import (DATA_PARALLEL_CLIPS, DataParallelStep,
-                          compare_data_parallel_clipping, data_parallel_step,
-                          single_process_step)
+from .distributed import (DATA_PARALLEL_CLIPS, DataParallelPruning, DataParallelStep,
+                          compare_data_parallel_clipping, data_parallel_pruning,
+                          data_parallel_step, single_process_step)
 from .mask_io import load_masks, save_masks
 from .layout import from_canonical, get_weights, parameter_names, set_weights, to_canonical, trainable_parameters
 from .models import mlp, rnn
@@ -43,7 +43,7 @@ __all__ = [
     "obd_scores", "obs_prune",
     "save_masks", "load_masks",
     "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
-    "DataParallelStep", "DATA_PARALLEL_CLIPS",
+    "DataParallelStep", "DATA_PARALLEL_CLIPS", "data_parallel_pruning", "DataParallelPruning",
     "warmup_schedule", "transformer", "Transformer", "causal_attention",
 ]
 

@@ -1,4 +1,4 @@
-"""Global-norm clipping under data parallelism, TensorFlow back end: ``MirroredStrategy``.
+"""Global-norm clipping (and gradual pruning) under data parallelism, TensorFlow: ``MirroredStrategy``.
 
 ``K`` replicas each hold a copy of the model and the ``k``-th of ``K`` equal shards ``B_k``
 of the batch ``B``. Replica ``k`` computes the gradient of the mean loss on its shard,
@@ -37,21 +37,24 @@ import os
 import pickle
 import tempfile
 
+import keras
 import tensorflow as tf
 
 from ..core.checks import check_positive
-from ..core.distributed import (DATA_PARALLEL_CLIPS, check_data_parallel_args,
-                                DataParallelStep, load_data_parallel_steps,
-                                run_worker_processes, save_data_parallel_steps,
-                                whole_batch_step)
+from ..core.distributed import (DATA_PARALLEL_CLIPS, DataParallelPruning, DataParallelStep,
+                                check_data_parallel_args, check_momentum, check_pruning_plan,
+                                load_data_parallel_steps, load_replicas, run_worker_processes,
+                                save_data_parallel_steps, save_replicas, whole_batch_step)
 from .clipping import clip_by_global_norm
 from .diagnostics import total_norm
-from .layout import get_weights, set_weights
+from .layout import get_weights, set_weights, to_canonical
 from .models import mlp
+from .schedules import GradualPruning
 from .training import _mean_loss
 
 __all__ = ["data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
-           "DataParallelStep", "DATA_PARALLEL_CLIPS"]
+           "data_parallel_pruning", "DataParallelStep", "DataParallelPruning",
+           "DATA_PARALLEL_CLIPS"]
 
 
 def data_parallel_step(weights, sizes, x, y, *, lr: float, max_norm: float | None = None,
@@ -147,13 +150,64 @@ def compare_data_parallel_clipping(weights, sizes, x, y, *, lr: float, max_norm=
     shards = [(x[k * shard:(k + 1) * shard], y[k * shard:(k + 1) * shard])
               for k in range(workers)]
     with tempfile.TemporaryDirectory(prefix="companion-mirrored-") as folder:
-        inputs = dict(workers=workers, weights=weights, sizes=sizes, activation=activation,
-                      loss=loss, shards=shards, lr=lr, jobs=jobs)
-        with open(os.path.join(folder, "inputs.pkl"), "wb") as f:
-            pickle.dump(inputs, f)
-        run_worker_processes(__name__, 1, folder, timeout, what="MirroredStrategy process")
+        _run_process(folder, dict(task="clipping", workers=workers, weights=weights,
+                                  sizes=sizes, activation=activation, loss=loss,
+                                  shards=shards, lr=lr, jobs=jobs), timeout)
         return load_data_parallel_steps(os.path.join(folder, "result.npz"), jobs,
                                         len(weights))
+
+
+def data_parallel_pruning(weights, sizes, x, y, *, lr: float, schedule, steps: int,
+                          momentum: float = 0.0, workers: int = 2,
+                          loss: str = "cross_entropy", activation: str = "relu",
+                          timeout: float = 120.0) -> DataParallelPruning:
+    """Gradual magnitude pruning under ``MirroredStrategy``: ``model.fit`` with the
+    :class:`GradualPruning` callback, ``steps`` SGD steps of ``mlp(sizes)`` from
+    ``weights`` on the batch ``(x, y)``, split over ``workers`` replicas.
+
+    The model is built and compiled in the strategy's scope (its variables are
+    ``MirroredVariable``\ s, one copy per replica); Keras splits each global batch over the
+    replicas and all-reduces the gradients. The callback runs in the cross-replica
+    context: it scores and masks the mirrored variables, so every copy is masked alike. The
+    result must equal one process running ``prune_gradually(mlp(sizes), x, y, "magnitude",
+    schedule, epochs=steps, batch_size=len(x), lr=lr, momentum=momentum)``, in every
+    replica. Arguments, return value and errors as in the PyTorch back end's
+    ``data_parallel_pruning``; ``workers`` are logical CPU devices of one fresh process.
+
+    Args:
+        weights: canonical arrays ``[W0 (out, in), b0, W1, b1, ...]`` of ``mlp(sizes)``.
+        sizes: the MLP's layer widths, e.g. ``[8, 16, 4]``.
+        x, y: the batch of every step; its size must be a multiple of ``workers``.
+        lr: the SGD learning rate, a finite number > 0.
+        schedule: a function ``step -> (should_prune, sparsity)``, as in ``prune_gradually``.
+        steps: the number of SGD steps, an integer >= 1; the schedule must prune in them.
+        momentum: SGD's momentum, in ``[0, 1)``.
+        workers: the number of replicas ``K``, an integer >= 1.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"linear"``, as in :func:`mlp`.
+        timeout: seconds to wait for the process before stopping it, a finite number > 0.
+
+    Raises:
+        ValueError, TypeError: bad arguments, before the process is started.
+        RuntimeError, TimeoutError: as in :func:`compare_data_parallel_clipping`.
+    """
+    weights, sizes, x, y, lr, workers, _ = check_data_parallel_args(
+        weights, sizes, x, y, lr, None, workers, (None,), loss)
+    plan = check_pruning_plan(schedule, steps)
+    momentum = check_momentum(momentum)
+    timeout = check_positive("timeout", timeout)
+    with tempfile.TemporaryDirectory(prefix="companion-mirrored-") as folder:
+        _run_process(folder, dict(task="pruning", workers=workers, weights=weights,
+                                  sizes=sizes, activation=activation, loss=loss, x=x, y=y,
+                                  lr=lr, momentum=momentum, plan=plan, steps=steps), timeout)
+        replicas = load_replicas(os.path.join(folder, "result.npz"), workers, len(weights))
+    return DataParallelPruning(replicas, [t for t, _ in plan], [s for _, s in plan])
+
+
+def _run_process(folder: str, inputs: dict, timeout: float) -> None:
+    with open(os.path.join(folder, "inputs.pkl"), "wb") as f:
+        pickle.dump(inputs, f)
+    run_worker_processes(__name__, 1, folder, timeout, what="MirroredStrategy process")
 
 
 def single_process_step(weights, sizes, x, y, *, lr: float, max_norm: float | None = None,
@@ -199,6 +253,10 @@ def _worker_main(rank: int, folder: str) -> None:
     # ReductionToOneDevice: the all-reduce for CPU devices (NCCL is for GPUs only).
     strategy = tf.distribute.MirroredStrategy(
         devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if inputs["task"] == "pruning":
+        save_replicas(os.path.join(folder, "result.npz"),
+                      _mirrored_gradual_pruning(strategy, inputs))
+        return
     shards = inputs["shards"]
     x = strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant(shards[context.replica_id_in_sync_group][0]))
@@ -217,6 +275,28 @@ def _worker_main(rank: int, folder: str) -> None:
             float(strategy.experimental_local_results(norm)[0]),
             [float(n) for n in strategy.experimental_local_results(worker_norms)]))
     save_data_parallel_steps(os.path.join(folder, "result.npz"), steps)
+
+
+_KERAS_LOSSES = {"cross_entropy": lambda: keras.losses.SparseCategoricalCrossentropy(
+    from_logits=True), "mse": lambda: keras.losses.MeanSquaredError()}
+
+
+def _mirrored_gradual_pruning(strategy, inputs) -> list:
+    """``model.fit`` with :class:`GradualPruning` in the strategy's scope; returns every
+    replica's canonical weights."""
+    with strategy.scope():
+        model = mlp(inputs["sizes"], activation=inputs["activation"], seed=0)
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=inputs["lr"],
+                                                     momentum=inputs["momentum"]),
+                      loss=_KERAS_LOSSES[inputs["loss"]]())
+    set_weights(model, inputs["weights"])
+    plan = dict(inputs["plan"])
+    pruning = GradualPruning("magnitude", lambda t: (t in plan, plan.get(t, 0.0)))
+    model.fit(inputs["x"], inputs["y"], batch_size=len(inputs["x"]), epochs=inputs["steps"],
+              shuffle=False, verbose=0, callbacks=[pruning])
+    copies = [strategy.experimental_local_results(v.value) for v in model.trainable_variables]
+    return [to_canonical(model, [copy[k] for copy in copies])
+            for k in range(inputs["workers"])]
 
 
 def _mirrored_sgd_step(strategy, model, loss: str, lr: float, clip, max_norm):

@@ -1,4 +1,4 @@
-"""Global-norm clipping under data parallelism, PyTorch back end: DDP over CPU processes.
+"""Global-norm clipping (and gradual pruning) under data parallelism, PyTorch back end: DDP.
 
 ``K`` workers each hold a replica of the model and the ``k``-th of ``K`` equal shards
 ``B_k`` of the batch ``B``. Worker ``k`` computes the gradient of the mean loss on its shard,
@@ -44,18 +44,21 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.checks import check_positive
-from ..core.distributed import (DATA_PARALLEL_CLIPS, check_data_parallel_args,
-                                DataParallelStep, load_data_parallel_steps,
-                                run_worker_processes, save_data_parallel_steps,
-                                whole_batch_step)
+from ..core.distributed import (DATA_PARALLEL_CLIPS, DataParallelPruning, DataParallelStep,
+                                check_data_parallel_args, check_momentum, check_pruning_plan,
+                                load_data_parallel_steps, load_replicas, run_worker_processes,
+                                save_data_parallel_steps, save_replicas, whole_batch_step)
 from .clipping import clip_by_global_norm
 from .diagnostics import global_norm
 from .layout import get_weights, set_weights, trainable_parameters
 from .models import mlp
+from .pruning import keep_masks_after_step, magnitude_scores
+from .schedules import _eligible, _grow, _initial_masks
 from .training import _mean_loss
 
 __all__ = ["data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
-           "DataParallelStep", "DATA_PARALLEL_CLIPS"]
+           "data_parallel_pruning", "DataParallelStep", "DataParallelPruning",
+           "DATA_PARALLEL_CLIPS"]
 
 
 def data_parallel_step(weights, sizes, x, y, *, lr: float, max_norm: float | None = None,
@@ -151,21 +154,81 @@ def compare_data_parallel_clipping(weights, sizes, x, y, *, lr: float, max_norm=
     shards = [(x[k * shard:(k + 1) * shard], y[k * shard:(k + 1) * shard])
               for k in range(workers)]
     with tempfile.TemporaryDirectory(prefix="companion-ddp-") as folder:
-        for attempt in range(_PORT_ATTEMPTS):
-            inputs = dict(workers=workers, port=_free_port(), weights=weights, sizes=sizes,
-                          activation=activation, loss=loss, shards=shards, lr=lr, jobs=jobs,
-                          timeout=timeout)
-            with open(os.path.join(folder, "inputs.pkl"), "wb") as f:
-                pickle.dump(inputs, f)
-            try:
-                run_worker_processes(__name__, workers, folder, timeout, what="DDP worker")
-                break
-            except RuntimeError as error:
-                # Another program took the free port before worker 0 could listen on it.
-                if "EADDRINUSE" not in str(error) or attempt == _PORT_ATTEMPTS - 1:
-                    raise
+        _run_workers(folder, dict(task="clipping", workers=workers, weights=weights,
+                                  sizes=sizes, activation=activation, loss=loss,
+                                  shards=shards, lr=lr, jobs=jobs, timeout=timeout))
         return load_data_parallel_steps(os.path.join(folder, "result.npz"), jobs,
                                         len(weights))
+
+
+def data_parallel_pruning(weights, sizes, x, y, *, lr: float, schedule, steps: int,
+                          momentum: float = 0.0, workers: int = 2,
+                          loss: str = "cross_entropy", activation: str = "relu",
+                          timeout: float = 120.0) -> DataParallelPruning:
+    """Gradual magnitude pruning under DDP: ``steps`` SGD steps of ``mlp(sizes)`` from
+    ``weights`` on the batch ``(x, y)``, split over ``workers`` processes.
+
+    Every worker holds a replica and the ``k``-th shard of the batch. At a step where
+    ``schedule`` prunes, each worker scores its own replica by magnitude and grows its masks
+    (:func:`~companion.core.schedules.grow_masks`); the replicas are equal, so are the masks,
+    and no mask travels between processes. :func:`keep_masks_after_step` on each worker's
+    ``torch.optim.SGD`` zeroes the pruned entries of the all-reduced gradient before the
+    step (so momentum stays zero there) and re-masks the weights after it. The result must
+    equal one process running ``prune_gradually(mlp(sizes), x, y, "magnitude", schedule,
+    epochs=steps, batch_size=len(x), lr=lr, momentum=momentum)``, in every replica.
+
+    Args:
+        weights: canonical arrays ``[W0 (out, in), b0, W1, b1, ...]`` of ``mlp(sizes)``.
+        sizes: the MLP's layer widths, e.g. ``[8, 16, 4]``.
+        x, y: the batch of every step; its size must be a multiple of ``workers``.
+        lr: the SGD learning rate, a finite number > 0.
+        schedule: a function ``step -> (should_prune, sparsity)``, as in ``prune_gradually``.
+        steps: the number of SGD steps, an integer >= 1; the schedule must prune in them.
+        momentum: SGD's momentum, in ``[0, 1)``.
+        workers: the number of processes ``K``, an integer >= 1.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"linear"``, as in :func:`mlp`.
+        timeout: seconds to wait for the workers before stopping them, a finite number > 0.
+
+    Returns:
+        A :class:`~companion.core.distributed.DataParallelPruning` with every worker's
+        weights.
+
+    Raises:
+        ValueError, TypeError: bad arguments (as in :func:`compare_data_parallel_clipping`,
+            an invalid schedule or one that never prunes), before any process is started.
+        RuntimeError, TimeoutError: as in :func:`compare_data_parallel_clipping`.
+    """
+    weights, sizes, x, y, lr, workers, _ = check_data_parallel_args(
+        weights, sizes, x, y, lr, None, workers, (None,), loss)
+    plan = check_pruning_plan(schedule, steps)
+    momentum = check_momentum(momentum)
+    timeout = check_positive("timeout", timeout)
+    shard = len(x) // workers
+    shards = [(x[k * shard:(k + 1) * shard], y[k * shard:(k + 1) * shard])
+              for k in range(workers)]
+    with tempfile.TemporaryDirectory(prefix="companion-ddp-") as folder:
+        _run_workers(folder, dict(task="pruning", workers=workers, weights=weights,
+                                  sizes=sizes, activation=activation, loss=loss,
+                                  shards=shards, lr=lr, momentum=momentum, plan=plan,
+                                  steps=steps, timeout=timeout))
+        replicas = load_replicas(os.path.join(folder, "result.npz"), workers, len(weights))
+    return DataParallelPruning(replicas, [t for t, _ in plan], [s for _, s in plan])
+
+
+def _run_workers(folder: str, inputs: dict) -> None:
+    """Start the DDP workers on ``inputs`` (and a free port), retrying a port taken."""
+    for attempt in range(_PORT_ATTEMPTS):
+        with open(os.path.join(folder, "inputs.pkl"), "wb") as f:
+            pickle.dump(dict(inputs, port=_free_port()), f)
+        try:
+            run_worker_processes(__name__, inputs["workers"], folder, inputs["timeout"],
+                                 what="DDP worker")
+            return
+        except RuntimeError as error:
+            # Another program took the free port before worker 0 could listen on it.
+            if "EADDRINUSE" not in str(error) or attempt == _PORT_ATTEMPTS - 1:
+                raise
 
 
 def single_process_step(weights, sizes, x, y, *, lr: float, max_norm: float | None = None,
@@ -225,6 +288,10 @@ def _worker_main(rank: int, folder: str) -> None:
     try:
         x, y = inputs["shards"][rank]
         x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if inputs["task"] == "pruning":
+            _save_all_replicas(folder, rank, workers,
+                               _ddp_gradual_pruning(_model(inputs), x, y, inputs))
+            return
         norm, worker_norms = _gradient_norms(_model(inputs), x, y, inputs["loss"], workers)
         steps = []
         for clip, max_norm in inputs["jobs"]:  # each job starts from the given weights
@@ -264,6 +331,40 @@ def _ddp_sgd_step(model, x, y, loss, lr, max_norm, clip, workers) -> list:
         for p, g in zip(params, grads):
             p -= lr * g
     return get_weights(model)
+
+
+def _ddp_gradual_pruning(model, x, y, inputs) -> list:
+    """``inputs["steps"]`` DDP SGD steps, pruning by magnitude where the plan says; returns
+    this worker's weights."""
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=inputs["lr"],
+                                momentum=inputs["momentum"])
+    eligible = _eligible(model, False)
+    masks, plan, hooks = _initial_masks(model, eligible), dict(inputs["plan"]), None
+    for step in range(1, inputs["steps"] + 1):
+        if step in plan:  # as prune_gradually: masks grow before the step's gradient
+            masks, _ = _grow(model, magnitude_scores(model), masks, eligible, plan[step],
+                             "global")
+            with torch.no_grad():
+                for param, mask in zip(trainable_parameters(model), masks):
+                    if mask is not None:
+                        param.mul_(mask)
+            if hooks is not None:
+                hooks.remove()
+            hooks = keep_masks_after_step(optimizer, model, masks)
+        optimizer.zero_grad()
+        _mean_loss(ddp(x), y, inputs["loss"]).backward()  # .grad: the all-reduced mean
+        optimizer.step()
+    return get_weights(model)
+
+
+def _save_all_replicas(folder: str, rank: int, workers: int, weights: list) -> None:
+    """Gather every worker's weights on worker 0, which saves them."""
+    replicas = [None] * workers
+    dist.all_gather_object(replicas, weights)
+    if rank == 0:
+        save_replicas(os.path.join(folder, "result.npz"), replicas)
+    dist.barrier()
 
 
 def _gradient_norms(model, x, y, loss, workers):
