@@ -1,4 +1,4 @@
-"""Global-norm clipping (and gradual pruning) under data parallelism, TensorFlow: ``MirroredStrategy``.
+"""Clipping and gradual pruning under data parallelism, TensorFlow: ``MirroredStrategy``.
 
 ``K`` replicas each hold a copy of the model and the ``k``-th of ``K`` equal shards ``B_k``
 of the batch ``B``. Replica ``k`` computes the gradient of the mean loss on its shard,

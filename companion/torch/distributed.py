@@ -1,4 +1,4 @@
-"""Global-norm clipping (and gradual pruning) under data parallelism, PyTorch back end: DDP.
+"""Clipping and gradual pruning under data parallelism, PyTorch back end: DDP over CPUs.
 
 ``K`` workers each hold a replica of the model and the ``k``-th of ``K`` equal shards
 ``B_k`` of the batch ``B``. Worker ``k`` computes the gradient of the mean loss on its shard,
