@@ -14,7 +14,8 @@ from .distributed import (DATA_PARALLEL_CLIPS, DataParallelPruning, DataParallel
                           compare_data_parallel_clipping, data_parallel_pruning,
                           data_parallel_step, single_process_step)
 from .mask_io import load_masks, save_masks
-from .layout import from_canonical, get_weights, parameter_names, set_weights, to_canonical, trainable_parameters
+from .layout import (from_canonical, get_weights, parameter_names, set_weights, to_canonical,
+                     trainable_parameters)
 from .models import mlp, rnn
 from .pruning import (KeepMasks, apply_masks, compressed_size, gradient_scores,
                       magnitude_scores, masks_from_scores, prune, random_scores, snip_scores,

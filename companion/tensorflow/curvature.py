@@ -26,7 +26,8 @@ from ..core.checks import (LOSSES, check_choice, check_matching_shapes, check_po
 from ..core.curvature import (check_hessian_size, check_method, check_obs_memory, check_seed,
                               fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
                               power_iteration)
-from .layout import _canonical_order, _flatten, from_canonical, get_weights, parameter_names, set_weights, trainable_parameters, _unflatten
+from .layout import (_canonical_order, _flatten, from_canonical, get_weights, parameter_names,
+                     set_weights, trainable_parameters, _unflatten)
 from .pruning import _prunable
 from .runtime import as_tensor, compiled_for
 from .training import _mean_loss, _per_sample_gradients, check_model_data

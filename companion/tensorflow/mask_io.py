@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..core.checks import check_masks
 from ..core.mask_io import load_canonical_masks, save_canonical_masks
-from .layout import from_canonical, get_weights, parameter_names, to_canonical, trainable_parameters
+from .layout import (from_canonical, get_weights, parameter_names, to_canonical,
+                     trainable_parameters)
 
 __all__ = ["save_masks", "load_masks"]
 

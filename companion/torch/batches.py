@@ -22,7 +22,9 @@ __all__ = ["check_data_source", "is_data_source", "checked_batches", "input_batc
 
 
 def _numpy(tensor) -> np.ndarray:
-    return tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+    if isinstance(tensor, torch.Tensor):
+        return tensor.detach().cpu().numpy()
+    return np.asarray(tensor)
 
 
 def _batch_mean(compute, source, loss):

@@ -16,7 +16,8 @@ from ..core.checks import (check_choice, check_flag, check_masks, check_matching
 from ..core.pruning import (SCOPES, CompressedSize, SparsityReport, is_weight,
                             lowest_score_masks, random_canonical_scores)
 from .batches import numpy_batches
-from .layout import from_canonical, get_weights, parameter_names, to_canonical, trainable_parameters
+from .layout import (from_canonical, get_weights, parameter_names, to_canonical,
+                     trainable_parameters)
 from .runtime import measured_in_inference_mode
 from .training import gradients
 
