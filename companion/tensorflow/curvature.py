@@ -21,13 +21,14 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ..core.checks import (LOSSES, check_choice, check_matching_shapes, check_positive,
+from ..core.checks import (check_loss, check_matching_shapes, check_positive,
                            check_positive_int, check_sparsity)
 from ..core.curvature import (check_hessian_size, check_method, check_obs_memory, check_seed,
                               fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
                               power_iteration)
 from .layout import (_canonical_order, _flatten, from_canonical, get_weights, parameter_names,
                      set_weights, trainable_parameters, _unflatten)
+from .batches import _batch_mean, check_data_source
 from .pruning import _prunable
 from .runtime import as_tensor, compiled_for
 from .training import _mean_loss, _per_sample_gradients, check_model_data
@@ -40,9 +41,12 @@ _ROW_CHUNK_BYTES = 2**25
 _ZERO = tf.UnconnectedGradients.ZERO
 
 
-def _data(model, x, y, loss: str):
-    """Check ``loss`` and ``(x, y)``; return them as tensors like the variables."""
-    check_choice("loss", loss, LOSSES)
+def _data(model, x, y, loss):
+    """Check ``loss`` and ``(x, y)``; return them as tensors like the variables, or a data
+    source as it is (with ``y = None``), to be read batch by batch."""
+    loss = check_loss(loss)
+    if check_data_source(x, y):
+        return x, None
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return as_tensor(x, like), as_tensor(y, like)
@@ -95,11 +99,13 @@ def hvp(model, x, y, vectors, loss: str = "cross_entropy") -> list:
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (``y`` is then ``None``): every
+            Hessian-vector product reads it once, one batch in memory at a time.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         vectors: ``v``, one tensor or array per trainable variable, in order, each of its
             variable's shape (Keras' layout, like the gradients).
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
 
     Returns:
         ``H v`` as tensors aligned with the variables.
@@ -110,11 +116,17 @@ def hvp(model, x, y, vectors, loss: str = "cross_entropy") -> list:
     """
     vectors = _vectors(model, vectors)
     x, y = _data(model, x, y, loss)
+    if y is None:  # a data source: one batch at a time
+        return _batch_mean(lambda xb, yb: hvp(model, xb, yb, vectors, loss), x, loss)
     return list(_hvp_function(model, loss)(x, y, vectors))
 
 
 def _hvp_operator(model, x, y, loss: str):
-    """``v -> H v`` on float64 vectors in the canonical flattening order."""
+    """``v -> H v`` on float64 vectors in the canonical flattening order (for a data source,
+    ``(1/N) sum_b n_b H_b v``, one batch at a time)."""
+    if y is None:
+        return lambda v: np.asarray(_batch_mean(
+            lambda xb, yb: _hvp_operator(model, *_data(model, xb, yb, loss), loss)(v), x, loss))
     function = _hvp_function(model, loss)
     order = _canonical_order(model)
     return lambda v: _flatten(function(x, y, _unflatten(model, v, order)), order)
@@ -165,7 +177,8 @@ def _parameter_count(model) -> int:
     return sum(int(np.prod(v.shape, dtype=np.int64)) for v in trainable_parameters(model))
 
 
-def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) -> np.ndarray:
+def hessian(model, x, y=None, loss: str = "cross_entropy",
+            max_bytes: float = 2**28) -> np.ndarray:
     """The dense Hessian ``H_jk = d²L / dθ_j dθ_k`` of the mean loss, for small models.
 
     Rows and columns follow the canonical flattening order: the variables in order, each
@@ -175,9 +188,11 @@ def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) 
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (``y`` is then ``None``): every
+            Hessian-vector product reads it once, one batch in memory at a time.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
         max_bytes: the most memory the matrix may take (default 256 MiB, about 8,000
             float32 parameters); a larger Hessian is refused before any work.
 
@@ -191,6 +206,9 @@ def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) 
     n = _parameter_count(model)
     check_hessian_size(n, np.dtype(trainable_parameters(model)[0].dtype).itemsize, max_bytes)
     x, y = _data(model, x, y, loss)
+    if y is None:  # a data source: the batches' Hessians, weighted by batch size
+        return np.asarray(_batch_mean(lambda xb, yb: hessian(model, xb, yb, loss, max_bytes),
+                                      x, loss))
     return np.concatenate([block for _, block in _hessian_rows(model, x, y, loss,
                                                                 np.arange(n))])
 
@@ -247,7 +265,7 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
     return _unflatten(model, diagonal, _canonical_order(model))
 
 
-def hutchinson_trace(model, x, y, samples: int = 100, seed: int = 0,
+def hutchinson_trace(model, x, y=None, samples: int = 100, seed: int = 0,
                      loss: str = "cross_entropy") -> float:
     """Hutchinson's estimate of ``tr(H) ~ (1/S) sum_s v_s^T H v_s`` (Hutchinson 1989).
 
@@ -257,11 +275,13 @@ def hutchinson_trace(model, x, y, samples: int = 100, seed: int = 0,
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (``y`` is then ``None``): every
+            Hessian-vector product reads it once, one batch in memory at a time.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         samples: the number of probes ``S``, an integer >= 1.
         seed: seed of the probes, an integer >= 0.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
 
     Raises:
         ValueError: ``samples`` not an integer >= 1, ``seed`` not an integer >= 0, an
@@ -274,7 +294,7 @@ def hutchinson_trace(model, x, y, samples: int = 100, seed: int = 0,
     return float(np.sum(hutchinson_diagonal(operator, _parameter_count(model), samples, seed)))
 
 
-def top_eigenvalue(model, x, y, iterations: int = 100, tol: float = 1e-6, seed: int = 0,
+def top_eigenvalue(model, x, y=None, iterations: int = 100, tol: float = 1e-6, seed: int = 0,
                    loss: str = "cross_entropy", return_vector: bool = False):
     """The Hessian's dominant eigenvalue (largest ``|lambda|``) by power iteration.
 
@@ -287,12 +307,14 @@ def top_eigenvalue(model, x, y, iterations: int = 100, tol: float = 1e-6, seed: 
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (``y`` is then ``None``): every
+            Hessian-vector product reads it once, one batch in memory at a time.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         iterations: the most Hessian-vector products, an integer >= 1.
         tol: relative change of ``lambda`` at which to stop, a finite number > 0.
         seed: seed of the starting vector, an integer >= 0.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
         return_vector: also return the unit eigenvector, as tensors aligned with the
             variables.
 

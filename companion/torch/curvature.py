@@ -23,13 +23,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.checks import (LOSSES, check_choice, check_matching_shapes, check_positive,
+from ..core.checks import (check_loss, check_matching_shapes, check_positive,
                            check_positive_int, check_sparsity)
 from ..core.curvature import (check_hessian_size, check_method, check_obs_memory, check_seed,
                               fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
                               power_iteration)
 from .layout import (_flatten, from_canonical, get_weights, parameter_names, set_weights,
                      trainable_parameters, _unflatten)
+from .batches import _batch_mean, check_data_source
 from .pruning import _prunable
 from .runtime import as_tensor, measured_in_inference_mode
 from .training import _mean_loss, _per_sample_gradients, check_model_data
@@ -41,9 +42,12 @@ __all__ = ["hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenv
 _ROW_CHUNK_BYTES = 2**25
 
 
-def _data(model, x, y, loss: str):
-    """Check ``loss`` and ``(x, y)``; return them as tensors like the parameters."""
-    check_choice("loss", loss, LOSSES)
+def _data(model, x, y, loss):
+    """Check ``loss`` and ``(x, y)``; return them as tensors like the parameters, or a data
+    source as it is (with ``y = None``), to be read batch by batch."""
+    loss = check_loss(loss)
+    if check_data_source(x, y):
+        return x, None
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return as_tensor(x, like), as_tensor(y, like)
@@ -90,11 +94,13 @@ def hvp(model, x, y, vectors, loss: str = "cross_entropy") -> list:
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (``y`` is then ``None``): every
+            Hessian-vector product reads it once, one batch in memory at a time.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         vectors: ``v``, one tensor or array per trainable parameter, in order, each of its
             parameter's shape.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
 
     Returns:
         ``H v`` as tensors aligned with the parameters.
@@ -105,12 +111,18 @@ def hvp(model, x, y, vectors, loss: str = "cross_entropy") -> list:
     """
     vectors = _vectors(model, vectors)
     x, y = _data(model, x, y, loss)
+    if y is None:  # a data source: one batch's graph at a time
+        return _batch_mean(lambda xb, yb: hvp(model, xb, yb, vectors, loss), x, loss)
     params, grads = _gradient_graph(model, x, y, loss)
     return [h.detach() for h in _differentiate(grads, params, vectors)]
 
 
 def _hvp_operator(model, x, y, loss: str):
-    """``v -> H v`` on float64 vectors in the canonical flattening order (graph built once)."""
+    """``v -> H v`` on float64 vectors in the canonical flattening order (graph built once;
+    for a data source, ``(1/N) sum_b n_b H_b v``, one batch's graph at a time)."""
+    if y is None:
+        return lambda v: _batch_mean(
+            lambda xb, yb: _hvp_operator(model, *_data(model, xb, yb, loss), loss)(v), x, loss)
     params, grads = _gradient_graph(model, x, y, loss)
     return lambda v: _flatten(_differentiate(grads, params, _unflatten(model, v)))
 
@@ -138,7 +150,8 @@ def _parameter_count(model) -> int:
 
 
 @measured_in_inference_mode
-def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) -> np.ndarray:
+def hessian(model, x, y=None, loss: str = "cross_entropy",
+            max_bytes: float = 2**28) -> np.ndarray:
     """The dense Hessian ``H_jk = d²L / dθ_j dθ_k`` of the mean loss, for small models.
 
     Rows and columns follow the canonical flattening order: the parameters in order, each
@@ -148,9 +161,11 @@ def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) 
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (``y`` is then ``None``): every
+            Hessian-vector product reads it once, one batch in memory at a time.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
         max_bytes: the most memory the matrix may take (default 256 MiB, about 8,000
             float32 parameters); a larger Hessian is refused before any work.
 
@@ -164,6 +179,9 @@ def hessian(model, x, y, loss: str = "cross_entropy", max_bytes: float = 2**28) 
     n = _parameter_count(model)
     check_hessian_size(n, trainable_parameters(model)[0].element_size(), max_bytes)
     x, y = _data(model, x, y, loss)
+    if y is None:  # a data source: the batches' Hessians, weighted by batch size
+        return np.asarray(_batch_mean(lambda xb, yb: hessian(model, xb, yb, loss, max_bytes),
+                                      x, loss))
     return np.concatenate([block for _, block in _hessian_rows(model, x, y, loss,
                                                                 np.arange(n))])
 
@@ -222,7 +240,7 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
 
 
 @measured_in_inference_mode
-def hutchinson_trace(model, x, y, samples: int = 100, seed: int = 0,
+def hutchinson_trace(model, x, y=None, samples: int = 100, seed: int = 0,
                      loss: str = "cross_entropy") -> float:
     """Hutchinson's estimate of ``tr(H) ~ (1/S) sum_s v_s^T H v_s`` (Hutchinson 1989).
 
@@ -232,11 +250,13 @@ def hutchinson_trace(model, x, y, samples: int = 100, seed: int = 0,
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (``y`` is then ``None``): every
+            Hessian-vector product reads it once, one batch in memory at a time.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         samples: the number of probes ``S``, an integer >= 1.
         seed: seed of the probes, an integer >= 0.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
 
     Raises:
         ValueError: ``samples`` not an integer >= 1, ``seed`` not an integer >= 0, an
@@ -250,7 +270,7 @@ def hutchinson_trace(model, x, y, samples: int = 100, seed: int = 0,
 
 
 @measured_in_inference_mode
-def top_eigenvalue(model, x, y, iterations: int = 100, tol: float = 1e-6, seed: int = 0,
+def top_eigenvalue(model, x, y=None, iterations: int = 100, tol: float = 1e-6, seed: int = 0,
                    loss: str = "cross_entropy", return_vector: bool = False):
     """The Hessian's dominant eigenvalue (largest ``|lambda|``) by power iteration.
 
@@ -263,12 +283,14 @@ def top_eigenvalue(model, x, y, iterations: int = 100, tol: float = 1e-6, seed: 
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (``y`` is then ``None``): every
+            Hessian-vector product reads it once, one batch in memory at a time.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         iterations: the most Hessian-vector products, an integer >= 1.
         tol: relative change of ``lambda`` at which to stop, a finite number > 0.
         seed: seed of the starting vector, an integer >= 0.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
         return_vector: also return the unit eigenvector, as tensors aligned with the
             parameters.
 
