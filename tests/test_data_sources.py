@@ -166,3 +166,22 @@ def test_predict_takes_a_source_of_inputs_alone():
     inputs = tf.data.Dataset.from_tensor_slices(X).batch(16)
     np.testing.assert_allclose(ctf.predict(keras_model, inputs), ctf.predict(keras_model, X),
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("framework", SOURCES)
+def test_curvature_reads_a_source_batch_by_batch(framework):
+    """The Hessian of the mean loss is the batch-size-weighted mean of the batches'
+    Hessians; every curvature function built on Hessian-vector products agrees."""
+    backend, framework_source = SOURCES[framework]
+    model = backend.mlp(SIZES, seed=7)
+    source = framework_source(LABELS, size=24)  # batches of 24, 24 and 22
+    np.testing.assert_allclose(backend.hessian(model, source),
+                               backend.hessian(model, X, LABELS), rtol=1e-5, atol=1e-7)
+    vectors = [np.full(tuple(p.shape), 0.5, np.float32)
+               for p in backend.trainable_parameters(model)]
+    assert_close(backend.hvp(model, source, None, vectors),
+                 backend.hvp(model, X, LABELS, vectors))
+    assert backend.hutchinson_trace(model, source, samples=4) == pytest.approx(
+        backend.hutchinson_trace(model, X, LABELS, samples=4), rel=1e-5)
+    assert backend.top_eigenvalue(model, source, iterations=30) == pytest.approx(
+        backend.top_eigenvalue(model, X, LABELS, iterations=30), rel=1e-4)
