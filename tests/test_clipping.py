@@ -25,7 +25,7 @@ import pytest
 from companion import tensorflow as ctf
 from companion import torch as ct
 from companion.core.clipping import Clip
-from companion.core.training import minibatches
+from companion.core.batches import minibatches
 from numpy_reference import RTOL, assert_arrays_close, is_torch, scalar, tensors
 
 import tensorflow as tf  # noqa: E402  (after companion, on purpose)

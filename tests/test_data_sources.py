@@ -13,6 +13,7 @@ import tensorflow as tf
 import torch
 
 from companion import tensorflow as ctf
+from companion.core.batches import minibatches
 from companion import torch as ct
 
 RNG = np.random.default_rng(5)
@@ -185,3 +186,102 @@ def test_curvature_reads_a_source_batch_by_batch(framework):
         backend.hutchinson_trace(model, X, LABELS, samples=4), rel=1e-5)
     assert backend.top_eigenvalue(model, source, iterations=30) == pytest.approx(
         backend.top_eigenvalue(model, X, LABELS, iterations=30), rel=1e-4)
+
+
+class SeededBatches:
+    """The minibatches ``train`` draws from arrays with ``seed``, as a data source of one's
+    own whose every pass is the next epoch: training on it must repeat training on the
+    arrays, step for step."""
+
+    def __init__(self, x, y, size, seed, epochs):
+        order = list(minibatches(len(x), size, epochs, seed))
+        steps = -(-len(x) // size)
+        self.epochs = [order[k * steps:(k + 1) * steps] for k in range(epochs)]
+        self.x, self.y, self.passes = x, y, 0
+
+    def __iter__(self):
+        batches = self.epochs[self.passes % len(self.epochs)]
+        self.passes += 1
+        return iter([(self.x[i], self.y[i]) for i in batches])
+
+    def __len__(self):
+        return len(self.epochs[0])
+
+
+@pytest.mark.parametrize("framework", SOURCES)
+def test_training_on_a_source_repeats_training_on_the_arrays(framework):
+    backend, _ = SOURCES[framework]
+    settings = dict(epochs=2, lr=0.1, momentum=0.9, progress=False)
+    on_arrays, on_source = backend.mlp(SIZES, seed=8), backend.mlp(SIZES, seed=8)
+    history = backend.train(on_arrays, X, LABELS, batch_size=16, seed=3, **settings)
+    streamed = backend.train(on_source, SeededBatches(X, LABELS, 16, 3, 2), **settings)
+    np.testing.assert_allclose(streamed.loss, history.loss, rtol=1e-6)
+    assert_close(backend.get_weights(on_source), backend.get_weights(on_arrays))
+
+
+def framework_optimizer(framework, model):
+    if framework == "torch":
+        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return keras.optimizers.SGD(learning_rate=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("framework", SOURCES)
+def test_train_takes_the_frameworks_own_optimizer(framework):
+    backend, framework_source = SOURCES[framework]
+    by_name, by_object = backend.mlp(SIZES, seed=9), backend.mlp(SIZES, seed=9)
+    backend.train(by_name, X, LABELS, epochs=2, lr=0.1, momentum=0.9, batch_size=16,
+                  progress=False)
+    backend.train(by_object, X, LABELS, epochs=2, batch_size=16,
+                  optimizer=framework_optimizer(framework, by_object), progress=False)
+    assert_close(backend.get_weights(by_object), backend.get_weights(by_name))
+
+
+@pytest.mark.parametrize("framework", SOURCES)
+def test_bad_training_arguments_with_sources_and_optimizers(framework):
+    backend, framework_source = SOURCES[framework]
+    model, other = backend.mlp(SIZES, seed=10), backend.mlp(SIZES, seed=11)
+    before = numpy(backend.get_weights(model))
+    optimizer = framework_optimizer(framework, model)
+    cases = [
+        (dict(x=X, y=LABELS, batch_size=16, optimizer=optimizer, lr=0.1), ValueError,
+         "holds its own learning rate"),
+        (dict(x=framework_source(LABELS), lr=0.1, batch_size=16), ValueError,
+         "batch_size must be None with a data source"),
+        (dict(x=X, y=LABELS, lr=0.1), ValueError, "batch_size must be an integer"),
+        (dict(x=X, y=LABELS, batch_size=16), ValueError, "lr is needed"),
+        (dict(x=X, y=LABELS, batch_size=16, optimizer=3), TypeError, "optimizer must be"),
+    ]
+    for arguments, error, message in cases:
+        with pytest.raises(error, match=message):
+            backend.train(model, epochs=1, progress=False, **arguments)
+    foreign = framework_optimizer(framework, other)
+    if framework == "tensorflow":  # a Keras optimizer is tied to variables once built
+        backend.train(other, X, LABELS, epochs=1, batch_size=16, optimizer=foreign,
+                      progress=False)
+    with pytest.raises(ValueError, match="optimizer"):
+        backend.train(model, X, LABELS, epochs=1, batch_size=16, optimizer=foreign,
+                      progress=False)
+    for a, b in zip(numpy(backend.get_weights(model)), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("framework", SOURCES)
+def test_gradual_pruning_on_a_source_repeats_it_on_the_arrays(framework):
+    backend, _ = SOURCES[framework]
+
+    def schedule(t):
+        return backend.polynomial_decay(t, 0.0, 0.6, begin_step=1, end_step=9, frequency=4)
+
+    settings = dict(epochs=2, lr=0.1, progress=False)
+    on_arrays, on_source = backend.mlp(SIZES, seed=12), backend.mlp(SIZES, seed=12)
+    # magnitude: scoring must not read the source, whose passes are the epochs here
+    expected = backend.prune_gradually(on_arrays, X, LABELS, "magnitude", schedule,
+                                       batch_size=16, seed=4, **settings)
+    result = backend.prune_gradually(on_source, SeededBatches(X, LABELS, 16, 4, 2), None,
+                                     "magnitude", schedule, **settings)
+    assert result.steps == expected.steps == [1, 5, 9]
+    assert_close(backend.get_weights(on_source), backend.get_weights(on_arrays))
+    # a data-based criterion scores on the source too
+    snip = backend.prune_gradually(backend.mlp(SIZES, seed=12), Batches(X, LABELS, 16), None,
+                                   "snip", schedule, **settings)
+    assert snip.steps == [1, 5, 9] and snip.pruned[-1] == pytest.approx(0.6, abs=0.01)

@@ -8,7 +8,7 @@ import pytest
 from companion import data
 from companion import tensorflow as companion_tf
 from companion import torch as companion_torch
-from companion.core.training import minibatches
+from companion.core.batches import minibatches
 from numpy_reference import (assert_arrays_close, assert_weights_equal, central_differences,
                              cross_entropy, is_torch, loss as reference_loss, mlp_forward, mse,
                              rnn_forward, scalar)

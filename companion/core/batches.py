@@ -10,9 +10,25 @@ tensors to NumPy and call these functions.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .checks import check_data, check_inputs
 
-__all__ = ["is_data_source", "check_data_source", "checked_batches", "input_batches"]
+__all__ = ["minibatches", "is_data_source", "check_data_source", "checked_batches",
+           "input_batches"]
+
+
+def minibatches(n: int, batch_size: int, epochs: int, seed: int):
+    """Yield index arrays of shuffled minibatches, epoch after epoch.
+
+    The order depends on ``seed`` only, so both back ends see the same batches. The last
+    batch of an epoch may be smaller.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            yield order[start:start + batch_size]
 
 
 def is_data_source(x) -> bool:
@@ -28,7 +44,7 @@ def is_data_source(x) -> bool:
     """
     source = (hasattr(x, "__iter__") and not hasattr(x, "__array__")
               and not isinstance(x, (list, tuple, str, bytes, dict)))
-    if source and iter(x) is x:
+    if source and hasattr(x, "__next__"):  # an iterator: iter(x) is x, read once
         raise TypeError("x is a one-pass iterator (e.g. a generator); pass something that "
                         "can be iterated again (a DataLoader, a tf.data.Dataset, an object "
                         "whose __iter__ starts a new pass) or arrays")

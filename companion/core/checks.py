@@ -158,25 +158,6 @@ def check_masks(names, params, masks) -> list:
     return masks
 
 
-def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, monitor):
-    """Validate ``train``'s arguments (both back ends); return ``x, y`` as arrays."""
-    check_positive_int("epochs", epochs)
-    check_positive("lr", lr)
-    check_positive_int("batch_size", batch_size)
-    check_choice("optimizer", optimizer, OPTIMIZERS)
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-        raise TypeError(f"momentum must be a real number in [0, 1), got "
-                        f"{type(momentum).__name__}")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if momentum and optimizer != "sgd":
-        raise ValueError("momentum applies to optimizer='sgd' only")
-    check_loss(loss)
-    if monitor is not None and not hasattr(monitor, "record"):
-        raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
-    return check_data(x, y, loss)
-
-
 def check_flag(what: str, value) -> bool:
     """Return ``value`` if it is a bool (Python's or NumPy's); a string such as ``"no"``
     would otherwise count as true.

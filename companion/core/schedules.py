@@ -23,7 +23,7 @@ import numpy as np
 from .batches import check_data_source, is_data_source
 from .checks import check_choice, check_data, check_loss, check_positive, check_sparsity
 from .pruning import SCOPES, keep_all_but_lowest
-from .training import History
+from .training import History, check_train_args  # noqa: F401 (re-exported for the back ends)
 
 __all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps",
            "check_schedule", "grow_masks", "criterion_function", "GradualPruningResult"]

@@ -1,7 +1,7 @@
-"""Framework-neutral parts of training: the history, the minibatch order, the errors.
+"""Framework-neutral parts of training: the history, the argument checks, the errors.
 
-The minibatch order depends on ``seed`` only, so both back ends visit the same batches and
-plain SGD runs agree to float32 rounding.
+The minibatch order (:func:`companion.core.batches.minibatches`) depends on ``seed`` only,
+so both back ends visit the same batches and plain SGD runs agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .batches import check_data_source
+from .checks import (OPTIMIZERS, check_choice, check_data, check_loss, check_positive,
+                     check_positive_int)
 
 
 class NonFiniteError(FloatingPointError):
@@ -44,19 +48,6 @@ class History:
         return len(self.loss)
 
 
-def minibatches(n: int, batch_size: int, epochs: int, seed: int):
-    """Yield index arrays of shuffled minibatches, epoch after epoch.
-
-    The order depends on ``seed`` only, so both back ends see the same batches. The last
-    batch of an epoch may be smaller.
-    """
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
-
-
 def nonfinite_message(step: int, loss: float, grad_norm: float) -> str:
     """The message :class:`NonFiniteError` carries: what was not finite, at which step."""
     what = []
@@ -73,3 +64,46 @@ def nonfinite_clip_message(step: int) -> str:
     user's turns finite gradients into non-finite ones, before they are applied."""
     return (f"step {step}: the clip function returned non-finite gradients from finite "
             "ones; training stopped before applying this update")
+
+
+def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, monitor, *,
+                     optimizer_object: bool = False):
+    """Validate ``train``'s arguments (both back ends) before anything changes.
+
+    Returns ``x, y`` as checked arrays, or ``(x, None)`` for a data source of batches (see
+    :func:`companion.core.batches.is_data_source`), whose batches are the minibatches, so
+    ``batch_size`` must then be ``None``. ``optimizer_object`` says that ``optimizer`` is
+    the framework's own optimizer (the back end checks its type): its learning rate and
+    momentum are its own, so ``lr`` and ``momentum`` must not be given.
+
+    Raises:
+        ValueError, TypeError: what each check says (``epochs``, ``lr``, ``batch_size``,
+            ``optimizer``, ``momentum``, ``loss``, ``monitor``, the data).
+    """
+    check_positive_int("epochs", epochs)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)):
+        raise TypeError(f"momentum must be a real number in [0, 1), got "
+                        f"{type(momentum).__name__}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if optimizer_object:
+        if lr is not None or momentum:
+            raise ValueError("the optimizer object holds its own learning rate and momentum: "
+                             "leave lr and momentum unset")
+    else:
+        if lr is None:
+            raise ValueError(f"lr is needed with optimizer={optimizer!r}")
+        check_positive("lr", lr)
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        if momentum and optimizer != "sgd":
+            raise ValueError("momentum applies to optimizer='sgd' only")
+    check_loss(loss)
+    if monitor is not None and not hasattr(monitor, "record"):
+        raise TypeError("monitor must have a record(step, grads) method, e.g. GradientMonitor")
+    if check_data_source(x, y):
+        if batch_size is not None:
+            raise ValueError("batch_size must be None with a data source: its batches are "
+                             "the minibatches")
+        return x, None
+    check_positive_int("batch_size", batch_size)
+    return check_data(x, y, loss)

@@ -18,13 +18,14 @@ import numpy as np
 import tensorflow as tf
 
 from ..core.checks import (check_choice, check_flag, check_loss, check_matching_shapes,
-                           check_train_args, resolve_seed)
-from ..core.schedules import (SCOPES, check_schedule, constant_sparsity, criterion_function,
-                              GradualPruningResult, grow_masks, polynomial_decay, pruning_steps)
+                           resolve_seed)
+from ..core.schedules import (SCOPES, GradualPruningResult, check_schedule, check_train_args,
+                              constant_sparsity, criterion_function, grow_masks,
+                              polynomial_decay, pruning_steps)
 from ..core.schedules import warmup_schedule as shared_warmup_schedule
 from . import pruning
 from .layout import from_canonical, parameter_names, to_canonical, trainable_parameters
-from .training import _train
+from .training import _check_optimizer, _step_count, _train
 
 __all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",
            "GradualPruningResult", "GradualPruning", "warmup_schedule", "WarmupSchedule"]
@@ -57,10 +58,10 @@ def _grow(model, scores, masks, eligible, sparsity: float, scope: str) -> tuple:
     return from_canonical(model, new), pruned
 
 
-def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
-                    batch_size: int, scope: str = "global", prune_biases: bool = False,
-                    optimizer: str = "sgd", momentum: float = 0.0,
-                    loss: str = "cross_entropy", clip=None, monitor=None,
+def prune_gradually(model, x, y, criterion, schedule, epochs: int, *,
+                    lr: float | None = None, batch_size: int | None = None,
+                    scope: str = "global", prune_biases: bool = False, optimizer="sgd",
+                    momentum: float = 0.0, loss="cross_entropy", clip=None, monitor=None,
                     progress: bool = True, seed: int = 0) -> GradualPruningResult:
     """Train ``model`` as :func:`train` does while pruning it on ``schedule``.
 
@@ -89,21 +90,23 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
-        y: integer class labels (``"cross_entropy"``) or targets (``"mse"``).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches (as in :func:`train`; the data-based criteria read it too).
+        y: integer class labels (``"cross_entropy"``) or targets (``"mse"``); ``None``
+            with a data source.
         criterion: ``"magnitude"``, ``"random"``, ``"gradient"``, ``"snip"``, ``"taylor"``
             or ``"obd"`` (the data-based ones score on ``(x, y)``; ``"random"`` draws with
             seed ``seed + t``), or a function ``model -> scores``; higher means keep.
         schedule: a function ``step -> (should_prune, sparsity)``, e.g. built from
             :func:`polynomial_decay` or :func:`constant_sparsity`.
         epochs: passes over ``(x, y)``, an integer >= 1.
-        lr: the learning rate, a finite number > 0.
-        batch_size: examples per step, an integer >= 1.
+        lr: the learning rate of ``"sgd"`` or ``"adam"``, a finite number > 0.
+        batch_size: examples per step with arrays, an integer >= 1.
         scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
         prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
-        optimizer: ``"sgd"`` or ``"adam"``, as in :func:`train`.
+        optimizer: ``"sgd"``, ``"adam"`` or the framework's optimizer, as in :func:`train`.
         momentum: SGD momentum in ``[0, 1)``.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function, as in :func:`train`.
         clip: ``None``, a ``Clip`` rule or a function ``grads -> grads``, as in :func:`train`.
         monitor: e.g. a :class:`GradientMonitor`, as in :func:`train`.
         progress: show a tqdm progress bar (on stdout).
@@ -121,22 +124,27 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *, lr: float,
             before anything is changed.
         NonFiniteError: as in :func:`train`; pruning done so far stays.
     """
-    x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, monitor)
+    x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, monitor,
+                            optimizer_object=_check_optimizer(optimizer))
     check_choice("scope", scope, SCOPES)
     score = criterion_function(criterion, _score_function, x, y, loss, seed)
-    plan = dict(pruning_steps(schedule, epochs * math.ceil(len(x) / batch_size)))
+    steps = _step_count(x, y, batch_size, epochs)
+    # All steps are checked before training; a source of unknown length, step by step.
+    plan = None if steps is None else dict(pruning_steps(schedule, steps))
     eligible = _eligible(model, check_flag("prune_biases", prune_biases))
     masks = _initial_masks(model, eligible)
     result = GradualPruningResult(history=None, masks=masks)
 
     def before_step(index: int):
         step = index + 1  # tfmot's count: the first batch is step 1
-        if step not in plan:
+        should_prune, sparsity = (check_schedule(schedule, step) if plan is None
+                                  else (step in plan, plan.get(step)))
+        if not should_prune:
             return None
         result.masks, pruned = _grow(model, score(model, step), result.masks, eligible,
-                                     plan[step], scope)
+                                     sparsity, scope)
         result.steps.append(step)
-        result.sparsities.append(plan[step])
+        result.sparsities.append(sparsity)
         result.pruned.append(pruned)
         return result.masks
 

@@ -19,11 +19,12 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from ..core.checks import (check_data, check_inputs, check_labels, check_loss, check_masks,
-                           check_positive_int, check_train_args)
-from ..core.training import (History, minibatches, nonfinite_clip_message, nonfinite_message,
-                             NonFiniteError)
-from .batches import (_batch_mean, _mean_loss, _numpy, check_data_source, check_model_data,
-                      checked_batches, input_batches, is_data_source)
+                           check_positive_int)
+from ..core.training import (History, NonFiniteError, check_train_args,
+                             nonfinite_clip_message, nonfinite_message)
+from .batches import (_batch_mean, _batches, _mean_loss, _numpy, _step_count,
+                      check_data_source, check_model_data, checked_batches, input_batches,
+                      is_data_source)
 from .clipping import Clip, clip_function
 from .diagnostics import total_norm
 from .layout import _canonical_order, parameter_names, trainable_parameters
@@ -238,10 +239,31 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
     return result
 
 
-def _optimizer(name: str, lr: float, momentum: float):
-    if name == "sgd":
+def _optimizer(model, optimizer, lr, momentum):
+    """The optimizer of :func:`train`: a new one by name, or the caller's, checked not to
+    be built for another model's variables."""
+    if optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
-    return keras.optimizers.Adam(learning_rate=lr)
+    if optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    if optimizer.built:
+        held = {id(v) for v in optimizer._trainable_variables}  # set by Keras' build()
+        missing = [name for name, v in zip(parameter_names(model),
+                                           trainable_parameters(model)) if id(v) not in held]
+        if missing:
+            raise ValueError(f"the optimizer was built for other variables, not {missing}: "
+                             "pass a new optimizer or the one built for this model")
+    return optimizer
+
+
+def _check_optimizer(optimizer) -> bool:
+    """Whether ``optimizer`` is an optimizer object (else it must be a name)."""
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        return True
+    if not isinstance(optimizer, str):
+        raise TypeError("optimizer must be 'sgd', 'adam' or a keras.optimizers.Optimizer, "
+                        f"got {type(optimizer).__name__}")
+    return False
 
 
 def _mask_weights(masked) -> None:
@@ -249,16 +271,18 @@ def _mask_weights(masked) -> None:
         variable.assign(variable * mask)
 
 
-def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: str = "sgd",
-          momentum: float = 0.0, loss: str = "cross_entropy", clip=None, monitor=None,
-          masks=None, progress: bool = True, seed: int = 0) -> History:
+def train(model, x, y=None, *, epochs: int, lr: float | None = None,
+          batch_size: int | None = None, optimizer="sgd", momentum: float = 0.0,
+          loss="cross_entropy", clip=None, monitor=None, masks=None, progress: bool = True,
+          seed: int = 0) -> History:
     """Minibatch training of ``model`` on ``(x, y)``; returns a :class:`History`.
 
     Each step takes the next shuffled minibatch (the order depends on ``seed`` only, the
     same in both back ends), computes the mean loss and its gradient ``g``, records
     ``||g||_2`` (and hands ``g`` to ``monitor``), applies ``clip`` if given, and takes an
-    optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` (Keras' equivalent form)
-    or Adam. With ``masks`` the pruned entries stay exactly zero: masked before training,
+    optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` (Keras' equivalent form),
+    Adam, or the caller's own ``keras.optimizers.Optimizer`` (its learning rate, momentum
+    and schedule are its own, so ``lr`` and ``momentum`` stay unset). With ``masks`` the pruned entries stay exactly zero: masked before training,
     their gradients zeroed before each step (so optimizer state stays zero there) and
     re-masked after it.
 
@@ -266,7 +290,18 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     add epsilon at different places, so Adam runs agree across back ends only to about
     1e-3, while SGD runs agree to float32 rounding.
 
+    ``x`` may be a data source of ``(x, y)`` batches, e.g. a ``tf.data.Dataset`` (``y``
+    and ``batch_size`` then stay unset): each epoch is one pass over it, in its own order,
+    and its labels are checked batch by batch, so a bad label stops training at its batch.
+
     Args:
+        x, y: arrays (one example per row), or a data source as ``x`` and ``y=None``.
+        epochs: passes over the data, an integer >= 1.
+        lr: the learning rate of ``optimizer="sgd"`` or ``"adam"``, a finite number > 0.
+        batch_size: examples per step with arrays, an integer >= 1.
+        optimizer: ``"sgd"``, ``"adam"`` or a ``keras.optimizers.Optimizer``.
+        momentum: SGD's momentum, in ``[0, 1)``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
         clip: ``None``, a rule such as ``Clip("global_norm", 1.0)`` (see
             :class:`companion.core.clipping.Clip`), or any function ``grads -> grads``; applied
             to every gradient before its update.
@@ -305,8 +340,9 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     is (the masks live in variables that the compiled update reads).
     """
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                            monitor)
-    x, y = check_model_data(model, x, y, loss)
+                            monitor, optimizer_object=_check_optimizer(optimizer))
+    if y is not None:
+        x, y = check_model_data(model, x, y, loss)
     variables = trainable_parameters(model)
     names = parameter_names(model)
     # A Clip rule is made of TensorFlow ops and runs inside the compiled update; a function
@@ -317,7 +353,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
              for m in _checked_masks(variables, names, masks)]
     masked = [(v, m) for v, m in zip(variables, masks) if m is not None]
     _mask_weights(masked)
-    opt = _optimizer(optimizer, lr, momentum)
+    opt = _optimizer(model, optimizer, lr, momentum)
     step_gradients = _compiled_gradients(model, loss, training=True)
 
     # Keras' own fit() compiles the update too; eagerly it costs ~10x the gradient.
@@ -328,9 +364,9 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
         opt.apply_gradients(zip(grads, variables))
         _mask_weights(masked)
     history = History()
-    total = epochs * math.ceil(len(x) / batch_size)
+    total = _step_count(x, y, batch_size, epochs)
     with tqdm(total=total, desc="train", file=sys.stdout, disable=not progress) as bar:
-        for step, batch in enumerate(minibatches(len(x), batch_size, epochs, seed)):
+        for step, (xb, yb) in enumerate(_batches(x, y, batch_size, epochs, seed, loss)):
             new_masks = None if before_step is None else before_step(step)
             if new_masks is not None:
                 for mask, new in zip(masks, _checked_masks(variables, names, new_masks)):
@@ -340,9 +376,11 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
                     if mask is not None:
                         mask.assign(new)
                 _mask_weights(masked)
-            target = as_tensor(y[batch], variables[0])
-            batch_loss, output, grads, norm = step_gradients(as_tensor(x[batch], variables[0]),
+            target = as_tensor(yb, variables[0])
+            batch_loss, output, grads, norm = step_gradients(as_tensor(xb, variables[0]),
                                                              target)
+            if y is None and loss == "cross_entropy":  # a source's labels, batch by batch
+                check_labels(yb, int(output.shape[-1]))
             grads = list(grads)
             loss_item, norm = float(batch_loss), float(norm)
             if monitor is not None:
@@ -353,7 +391,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
             history.grad_norm.append(norm)
             if loss == "cross_entropy":
                 history.accuracy.append(float(np.mean(np.argmax(output.numpy(), axis=1)
-                                                      == y[batch])))
+                                                      == yb)))
             if eager_clip is not None:
                 grads = eager_clip(grads)
                 if not math.isfinite(float(total_norm(grads))):

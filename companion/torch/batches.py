@@ -8,10 +8,13 @@ loss, named or a function ``loss(outputs, targets) -> mean loss`` as in
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from ..core.batches import check_data_source, checked_batches, input_batches, is_data_source
+from ..core.batches import (check_data_source, checked_batches, input_batches,
+                            is_data_source, minibatches)
 from ..core.checks import check_data, check_labels, check_loss, check_positive_int
 from .layout import trainable_parameters
 from .runtime import as_tensor, inference_mode
@@ -86,3 +89,21 @@ def numpy_batches(x, y, batch_size: int, loss):
     x, y = check_data(x, y, loss)
     return ((x[start:start + batch_size], y[start:start + batch_size])
             for start in range(0, len(x), batch_size))
+
+
+def _batches(x, y, batch_size, epochs, seed, loss):
+    """The minibatches of every epoch, as NumPy arrays: shuffled by ``seed`` from arrays, or
+    a data source's own batches, one pass per epoch."""
+    if y is None:
+        for _ in range(epochs):
+            yield from checked_batches(x, loss, _numpy)
+    else:
+        for batch in minibatches(len(x), batch_size, epochs, seed):
+            yield x[batch], y[batch]
+
+
+def _step_count(x, y, batch_size, epochs):
+    """The number of steps of :func:`train`, or ``None`` for a source of unknown length."""
+    if y is not None:
+        return epochs * math.ceil(len(x) / batch_size)
+    return epochs * len(x) if hasattr(x, "__len__") else None

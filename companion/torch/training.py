@@ -10,11 +10,12 @@ import torch
 from tqdm import tqdm
 
 from ..core.checks import (check_data, check_inputs, check_labels, check_loss, check_masks,
-                           check_positive_int, check_train_args)
-from ..core.training import (History, minibatches, nonfinite_clip_message, nonfinite_message,
-                             NonFiniteError)
-from .batches import (_batch_mean, _mean_loss, _numpy, check_data_source, check_model_data,
-                      checked_batches, input_batches, is_data_source)
+                           check_positive_int)
+from ..core.training import (History, NonFiniteError, check_train_args,
+                             nonfinite_clip_message, nonfinite_message)
+from .batches import (_batch_mean, _batches, _mean_loss, _numpy, _step_count,
+                      check_data_source, check_model_data, checked_batches, input_batches,
+                      is_data_source)
 from .clipping import Clip, clip_function
 from .diagnostics import global_norm
 from .layout import parameter_names, trainable_parameters
@@ -210,10 +211,30 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
     return result
 
 
-def _optimizer(params, name: str, lr: float, momentum: float):
-    if name == "sgd":
+def _optimizer(model, optimizer, lr, momentum):
+    """The optimizer of :func:`train`: a new one by name, or the caller's, checked to update
+    every trainable parameter."""
+    params = trainable_parameters(model)
+    if optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    return torch.optim.Adam(params, lr=lr)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in zip(parameter_names(model), params) if id(p) not in held]
+    if missing:
+        raise ValueError(f"the optimizer does not update the model's parameters {missing}: "
+                         "build it over model.parameters()")
+    return optimizer
+
+
+def _check_optimizer(optimizer) -> bool:
+    """Whether ``optimizer`` is an optimizer object (else it must be a name)."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return True
+    if not isinstance(optimizer, str):
+        raise TypeError("optimizer must be 'sgd', 'adam' or a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    return False
 
 
 def _mask_weights(masked) -> None:
@@ -222,17 +243,24 @@ def _mask_weights(masked) -> None:
             param.mul_(mask)
 
 
-def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: str = "sgd",
-          momentum: float = 0.0, loss: str = "cross_entropy", clip=None, monitor=None,
-          masks=None, progress: bool = True, seed: int = 0) -> History:
+def train(model, x, y=None, *, epochs: int, lr: float | None = None,
+          batch_size: int | None = None, optimizer="sgd", momentum: float = 0.0,
+          loss="cross_entropy", clip=None, monitor=None, masks=None, progress: bool = True,
+          seed: int = 0) -> History:
     """Minibatch training of ``model`` on ``(x, y)``; returns a :class:`History`.
 
     Each step takes the next shuffled minibatch (the order depends on ``seed`` only, the
     same in both back ends), computes the mean loss and its gradient ``g``, records
     ``||g||_2`` (and hands ``g`` to ``monitor``), applies ``clip`` if given, and takes an
-    optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` or Adam. With ``masks``
-    the pruned entries stay exactly zero: masked before training, their gradients zeroed
-    before each step (so optimizer state stays zero there) and re-masked after it.
+    optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v``, Adam, or the caller's own
+    ``torch.optim.Optimizer`` (built over the model's parameters; its learning rate,
+    momentum and schedule are its own, so ``lr`` and ``momentum`` stay unset). With
+    ``masks`` the pruned entries stay exactly zero: masked before training, their gradients
+    zeroed before each step (so optimizer state stays zero there) and re-masked after it.
+
+    ``x`` may be a data source of ``(x, y)`` batches, e.g. a ``DataLoader`` (``y`` and
+    ``batch_size`` then stay unset): each epoch is one pass over it, in its own order, and
+    its labels are checked batch by batch, so a bad label stops training at its batch.
 
     Adam is each framework's own (``torch.optim.Adam``, ``keras.optimizers.Adam``); they
     add epsilon at different places, so Adam runs agree across back ends only to about
@@ -242,6 +270,13 @@ def train(model, x, y, *, epochs: int, lr: float, batch_size: int, optimizer: st
     module in the mode it had.
 
     Args:
+        x, y: arrays (one example per row), or a data source as ``x`` and ``y=None``.
+        epochs: passes over the data, an integer >= 1.
+        lr: the learning rate of ``optimizer="sgd"`` or ``"adam"``, a finite number > 0.
+        batch_size: examples per step with arrays, an integer >= 1.
+        optimizer: ``"sgd"``, ``"adam"`` or a ``torch.optim.Optimizer``.
+        momentum: SGD's momentum, in ``[0, 1)``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
         clip: ``None``, a rule such as ``Clip("global_norm", 1.0)`` (see
             :class:`companion.core.clipping.Clip`), or any function ``grads -> grads``; applied
             to every gradient before its update.
@@ -280,27 +315,29 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     and are applied to the weights at once.
     """
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                            monitor)
-    x, y = check_model_data(model, x, y, loss)
+                            monitor, optimizer_object=_check_optimizer(optimizer))
+    if y is not None:
+        x, y = check_model_data(model, x, y, loss)
     params = trainable_parameters(model)
     # A Clip rule keeps finite gradients finite; a function of the user's is checked.
     check_clipped = clip is not None and not isinstance(clip, Clip)
     clip = clip_function(clip, params)
     masks, masked = _mask_tensors(params, parameter_names(model), masks)
     _mask_weights(masked)
-    opt = _optimizer(params, optimizer, lr, momentum)
+    opt = _optimizer(model, optimizer, lr, momentum)
     history = History()
-    total = epochs * math.ceil(len(x) / batch_size)
+    total = _step_count(x, y, batch_size, epochs)
     with training_mode(model), tqdm(total=total, desc="train", file=sys.stdout,
                                     disable=not progress) as bar:
-        for step, batch in enumerate(minibatches(len(x), batch_size, epochs, seed)):
+        for step, (xb, yb) in enumerate(_batches(x, y, batch_size, epochs, seed, loss)):
             new_masks = None if before_step is None else before_step(step)
             if new_masks is not None:
                 masks, masked = _mask_tensors(params, parameter_names(model), new_masks)
                 _mask_weights(masked)
-            xb, yb = x[batch], y[batch]
             like = params[0]
             output = model(as_tensor(xb, like))
+            if y is None and loss == "cross_entropy":  # a source's labels, batch by batch
+                check_labels(yb, int(output.shape[-1]))
             target = as_tensor(yb, like)
             batch_loss = _mean_loss(output, target, loss)
             grads = list(torch.autograd.grad(batch_loss, params))
