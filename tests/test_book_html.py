@@ -396,7 +396,8 @@ def test_chapters_offer_their_notebook_and_no_outside_launch(book_html):
 # modules that define names come before those that re-export them.
 NEUTRAL_MODULES = tuple(f"companion.core.{name}" for name in (
     "checks", "runtime", "models", "training", "diagnostics", "clipping", "pruning",
-    "distributed", "curvature", "schedules", "attention")) + ("companion.experiments",)
+    "distributed", "curvature", "diagonals", "schedules", "attention")) + (
+    "companion.experiments",)
 
 
 def _public_names():

@@ -1,0 +1,155 @@
+"""Curvature diagonals by the layer-wise closed forms, PyTorch back end.
+
+For a ``torch.nn.Sequential`` of ``nn.Linear`` layers, each followed by at most one
+elementwise activation (``nn.ReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Identity``), with every
+parameter trainable, the empirical Fisher, GGN and Hessian diagonals come from one forward
+and one backward pass per chunk of examples
+(:func:`companion.core.diagonals.backpropagate_diagonals`, as BackPACK's
+``SumGradSquared``, ``DiagGGNExact`` and ``DiagHessian``). Every other model (convolutions,
+normalisation, recurrent layers, a custom ``forward``, frozen layers) takes the general
+paths of :func:`hessian_diagonal`. Like every measurement, this runs the model in
+inference mode and changes no buffer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.checks import LOSSES, check_choice, check_positive_int
+# exact_diagonal_from_rows is for .curvature, which imports from the core only its namesake.
+from ..core.diagonals import (LayerRecord, backpropagate_diagonals,  # noqa: F401
+                              exact_diagonal_from_rows, smooth_derivatives)
+from .models import _unflatten, trainable_parameters
+from .runtime import as_tensor, measured_in_inference_mode
+from .training import check_model_data
+
+__all__ = ["ggn_diagonal"]
+
+_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Identity: "linear"}
+
+
+def _chain(model):
+    """``[(linear, activation name), ...]`` if ``model`` is a chain the closed forms cover,
+    else ``None``."""
+    if type(model) is not nn.Sequential:
+        return None
+    chain = []
+    for module in model:
+        if isinstance(module, nn.Linear):
+            chain.append([module, "linear"])
+        elif type(module) in _ACTIVATIONS and chain and chain[-1][1] == "linear":
+            chain[-1][1] = _ACTIVATIONS[type(module)]
+        else:
+            return None
+    own = [p for linear, _ in chain for p in (linear.weight, linear.bias) if p is not None]
+    params = trainable_parameters(model)
+    if not chain or len(own) != len(params) or any(a is not b for a, b in zip(own, params)):
+        return None
+    return chain
+
+
+def _records(chain, x):
+    """The forward pass: a :class:`LayerRecord` per layer, and the model's output."""
+    records, inputs = [], x
+    for linear, name in chain:
+        output = linear(inputs)
+        first = second = None
+        if name == "relu":
+            output = torch.relu(output)
+            first = (output > 0).to(output.dtype)
+        elif name != "linear":
+            output = torch.tanh(output) if name == "tanh" else torch.sigmoid(output)
+            first, second = smooth_derivatives(name, output)
+        records.append(LayerRecord(linear.weight, linear.bias is not None, inputs, first,
+                                   second))
+        inputs = output
+    return records, inputs
+
+
+def _output_terms(output, target, loss: str):
+    """Each example's loss gradient in the output, and the factor ``S`` of its Hessian."""
+    if loss == "cross_entropy":
+        p = torch.softmax(output, 1)
+        gradient = p - nn.functional.one_hot(target.long(), p.shape[1]).to(p.dtype)
+        root = p.sqrt()  # S[a, k] = delta_ak sqrt(p_a) - p_a sqrt(p_k), stored as [k, a]
+        return gradient, (torch.diag_embed(root) - p[:, None, :] * root[:, :, None], False)
+    classes = output.shape[1]
+    gradient = 2 * (output - target.reshape(output.shape)) / classes
+    return gradient, (torch.full_like(output, (2 / classes) ** 0.5), True)
+
+
+def closed_form_diagonal(model, x, y, loss: str, kind: str, batch_size: int):
+    """The mean loss's ``kind`` diagonal (``"fisher"``, ``"ggn"``, ``"hessian"``) by the
+    closed forms, as a float64 NumPy vector in the canonical order; ``None`` if the model
+    is not a chain they cover. ``x``, ``y``: checked tensors.
+
+    Raises:
+        ValueError: the diagonal holds nan or inf.
+    """
+    chain = _chain(model)
+    if chain is None or x.dim() != 2:
+        return None
+    total = 0
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            records, output = _records(chain, x[start:start + batch_size])
+            gradient, factor = _output_terms(output, y[start:start + batch_size], loss)
+            sums = backpropagate_diagonals(records, gradient, factor, kind, torch.einsum)
+            total = total + torch.cat([s.reshape(-1).double() for pair in sums
+                                       for s in pair if s is not None])
+    diagonal = (total / len(x)).cpu().numpy()
+    if not np.all(np.isfinite(diagonal)):
+        raise ValueError(f"the {kind} diagonal holds nan or inf: the model's weights or "
+                         "outputs are not finite on these examples")
+    return diagonal
+
+
+@measured_in_inference_mode
+def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256) -> list:
+    """The diagonal of the generalised Gauss-Newton matrix of the mean loss, exactly.
+
+    ``G = (1/N) sum_i J_i^T Lambda_i J_i``, with ``J_i`` the Jacobian of the model's output
+    in the parameters and ``Lambda_i`` the Hessian of example ``i``'s loss in the output
+    (cross-entropy: ``diag(p) - p p^T``, ``p`` the softmax; mean squared error over ``C``
+    outputs: ``(2/C) I``). ``G`` is the Hessian without the activations' second
+    derivatives, positive semi-definite; for ReLU networks its diagonal equals the
+    Hessian's. Computed as BackPACK's ``DiagGGNExact``: ``Lambda_i = S_i S_i^T`` is
+    factorised and ``S_i`` backpropagated through the layers, ``batch_size`` examples at a
+    time (:func:`companion.core.diagonals.backpropagate_diagonals`).
+
+    Only for a ``torch.nn.Sequential`` of ``nn.Linear`` layers and elementwise activations
+    (``nn.ReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Identity``) with every parameter
+    trainable, such as :func:`mlp` without ``norm`` or ``residual``; other models are
+    refused (use :func:`hessian_diagonal`, whose general paths take any model). Runs the
+    model in inference mode; no buffer changes.
+
+    Args:
+        model: a ``torch.nn.Sequential`` as above.
+        x: the inputs, an array-like ``(N, features)``.
+        y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        batch_size: examples per chunk (bounds memory only), an integer >= 1.
+
+    Returns:
+        tensors aligned with the parameters, each of its parameter's shape.
+
+    Raises:
+        ValueError: a model the closed form does not cover, an unknown loss, ``batch_size``
+            not an integer >= 1, bad ``(x, y)``, or a non-finite result.
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    check_choice("loss", loss, LOSSES)
+    x, y = check_model_data(model, x, y, loss)
+    like = trainable_parameters(model)[0]
+    diagonal = closed_form_diagonal(model, as_tensor(x, like), as_tensor(y, like), loss, "ggn",
+                                    batch_size)
+    if diagonal is None:
+        raise ValueError(
+            f"ggn_diagonal needs a torch.nn.Sequential of nn.Linear layers, each followed by "
+            f"at most one of nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, every parameter "
+            f"trainable, and 2-D inputs; got {type(model).__name__} with inputs of shape "
+            f"{np.shape(x)}. For other models use hessian_diagonal(method='exact', "
+            f"'fisher' or 'hutchinson')")
+    return _unflatten(model, diagonal)
