@@ -220,3 +220,89 @@ def test_bad_input_is_refused_before_anything_changes(backend, rng):
     for method in ("exact", "fisher"):
         with pytest.raises(ValueError, match="diagonal holds nan or inf"):
             backend.hessian_diagonal(model, x, y, method)
+
+
+# --------------------------------------------------------------------------- convolutions
+
+
+def torch_cnn(activation, stride=1, padding=1, dilation=1):
+    """Conv(2->3, 3x3) -> Conv(3->2, 2x2) -> Flatten -> Dense(5, tanh) -> Dense(3), on 7x7."""
+    torch.manual_seed(0)
+    act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[activation]
+    convolutions = [torch.nn.Conv2d(2, 3, 3, stride=stride, padding=padding,
+                                    dilation=dilation), act(), torch.nn.Conv2d(3, 2, 2), act(),
+                    torch.nn.Flatten()]
+    width = torch.nn.Sequential(*convolutions)(torch.zeros(1, 2, 7, 7)).shape[1]
+    return torch.nn.Sequential(*convolutions, torch.nn.Linear(width, 5), torch.nn.Tanh(),
+                               torch.nn.Linear(5, 3)).double()
+
+
+def keras_cnn(activation, stride=1, padding="valid"):
+    """The same network in Keras (channels last)."""
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input((7, 7, 2), dtype="float64"),
+        layers.Conv2D(3, 3, strides=stride, padding=padding, activation=activation,
+                      dtype="float64"),
+        layers.Conv2D(2, 2, dtype="float64"), layers.Activation(activation, dtype="float64"),
+        layers.Flatten(dtype="float64"), layers.Dense(5, activation="tanh", dtype="float64"),
+        layers.Dense(3, dtype="float64")])
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 1, 1), (1, 0, 2)])
+def test_convolutions_equal_backpack_and_the_dense_hessian(rng, activation, stride, padding,
+                                                            dilation):
+    """After a tanh convolution the Hessian takes the general path (also checked)."""
+    from backpack import backpack, extend
+    from backpack.extensions import DiagGGNExact, SumGradSquared
+    model = torch_cnn(activation, stride, padding, dilation)
+    x, y = rng.standard_normal((9, 2, 7, 7)), rng.integers(0, 3, 9)
+    twin, function = extend(torch_cnn(activation, stride, padding, dilation)), extend(
+        torch.nn.CrossEntropyLoss(reduction="sum"))
+    found = {}
+    for extension, name in ((SumGradSquared, "sum_grad_squared"),
+                            (DiagGGNExact, "diag_ggn_exact")):
+        twin.zero_grad()
+        with backpack(extension()):
+            function(twin(torch.as_tensor(x)), torch.as_tensor(y)).backward()
+        found[name] = np.concatenate([getattr(p, name).reshape(-1).numpy()
+                                      for p in twin.parameters()]) / len(x)
+    close(flat(ct, model, ct.hessian_diagonal(model, x, y, "fisher", batch_size=4)),
+          found["sum_grad_squared"])
+    close(flat(ct, model, ct.ggn_diagonal(model, x, y, batch_size=4)), found["diag_ggn_exact"])
+    close(flat(ct, model, ct.hessian_diagonal(model, x, y, batch_size=4)),
+          np.diag(ct.hessian(model, x, y)))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("stride, padding", [(1, "same"), (2, "valid")])
+def test_keras_convolutions_equal_the_dense_hessian_and_the_general_path(rng, activation,
+                                                                         stride, padding):
+    keras.utils.set_random_seed(0)
+    model = keras_cnn(activation, stride, padding)
+    general = outside_the_closed_form(ctf, model)
+    x, y = rng.standard_normal((9, 7, 7, 2)), rng.integers(0, 3, 9)
+    close(flat(ctf, model, ctf.hessian_diagonal(model, x, y, batch_size=4)),
+          np.diag(ctf.hessian(model, x, y)))
+    close(flat(ctf, model, ctf.hessian_diagonal(model, x, y, "fisher", batch_size=4)),
+          flat(ctf, general, ctf.hessian_diagonal(general, x, y, "fisher")))
+
+
+def test_convolution_diagonals_agree_across_back_ends(rng):
+    """Keras flattens (H, W, C), PyTorch (C, H, W): the first dense layer's columns are
+    permuted when the weights are copied, and its diagonals compared through the same map."""
+    torch_model, tf_model = torch_cnn("tanh", padding=0), keras_cnn("tanh")
+    weights = ct.get_weights(torch_model)
+    order = np.arange(2 * 4 * 4).reshape(2, 4, 4).transpose(1, 2, 0).ravel()
+    weights[4] = weights[4][:, order]
+    ctf.set_weights(tf_model, weights)
+    x, y = rng.standard_normal((9, 2, 7, 7)), rng.integers(0, 3, 9)
+    for call in (lambda b, m, x: b.ggn_diagonal(m, x, y),
+                 lambda b, m, x: b.hessian_diagonal(m, x, y, "fisher")):
+        theirs = ct.to_canonical(torch_model, call(ct, torch_model, x))
+        theirs[4] = theirs[4][:, order]
+        ours = ctf.to_canonical(tf_model, call(ctf, tf_model, x.transpose(0, 2, 3, 1)))
+        close(np.concatenate([a.ravel() for a in ours]),
+              np.concatenate([a.ravel() for a in theirs]))

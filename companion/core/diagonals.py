@@ -1,7 +1,7 @@
 """Curvature diagonals by the layer-wise closed forms, shared by both back ends.
 
-For a network that is a chain of dense layers ``z_l = W_l a_l + b_l`` and elementwise
-activations ``a_{l+1} = phi_l(z_l)``, the diagonals of the empirical Fisher, of the
+For a network that is a chain of dense layers ``z_l = W_l a_l + b_l`` (or convolutions) and
+elementwise activations ``a_{l+1} = phi_l(z_l)``, the diagonals of the empirical Fisher, of the
 generalised Gauss-Newton matrix (GGN) and of the Hessian of the mean loss
 ``L = (1/N) sum_i l_i`` need no per-example gradients and no Hessian-vector products: one
 forward pass and one backward pass of a few matrices per example give them, as BackPACK
@@ -9,7 +9,9 @@ forward pass and one backward pass of a few matrices per example give them, as B
 
 * **empirical Fisher**: example ``i``'s gradient of ``W_l`` is the outer product
   ``delta_i a_i^T`` of the gradient ``delta_i = dl_i/dz_l`` and the layer's input, so
-  ``(1/N) sum_i g_i^2 = (1/N) (delta^2)^T (a^2)`` (squares elementwise), one matrix product;
+  ``(1/N) sum_i g_i^2 = (1/N) (delta^2)^T (a^2)`` (squares elementwise), one matrix product
+  (a convolution shares its weight across positions, so there each example's gradient is
+  formed from the unfolded input patches, as BackPACK does, and squared);
 * **GGN** ``G = (1/N) sum_i J_i^T Lambda_i J_i``, ``J_i`` the Jacobian of the model's
   output and ``Lambda_i`` the Hessian of ``l_i`` in the output, factorised as
   ``Lambda_i = S_i S_i^T`` (softmax cross-entropy: ``S = diag(sqrt p) - p sqrt(p)^T``;
@@ -55,14 +57,24 @@ PROGRESS_FROM = 2_000
 
 @dataclass
 class LayerRecord:
-    """One dense layer ``z = W a + b`` followed by an elementwise activation, on a chunk.
+    """One dense or convolutional layer followed by an elementwise activation, on a chunk.
+
+    A dense layer ``z = W a + b`` gives ``weight`` and ``inputs``; a convolution gives
+    ``gradients`` and ``transpose`` instead, which work on many cotangents at once (a
+    leading ``(N, K)``: ``K`` per example).
 
     Attributes:
-        weight: ``W`` in the canonical layout ``(out, in)``.
+        weight: dense: ``W`` in the canonical layout ``(out, in)``.
         has_bias: whether the layer has a bias ``b``.
-        inputs: ``a``, the layer's input, ``(N, in)``.
-        first: ``phi'(z)``, ``(N, out)``, or ``None`` for the identity.
-        second: ``phi''(z)``, ``(N, out)``, or ``None`` where it is zero (ReLU, identity).
+        inputs: dense: ``a``, the layer's input, ``(N, in)``.
+        first: ``phi'(z)``, shaped like ``z``, or ``None`` for the identity.
+        second: ``phi''(z)``, or ``None`` where it is zero (ReLU, identity).
+        gradients: convolution: ``V -> (dW, db)``, each example's gradients for the
+            cotangents ``V`` ``(N, K, *z)``: ``dW`` ``(N, K, out, in * k...)`` in the canonical
+            order, ``db`` ``(N, K, out)``.
+        transpose: convolution: ``V -> V J`` ``(N, K, *a)``, the cotangents at the layer's
+            input; dense: ``None``, or a reshape of ``(N, K, in)`` to the shape of the layer
+            before a flatten.
     """
 
     weight: object
@@ -70,6 +82,8 @@ class LayerRecord:
     inputs: object
     first: object = None
     second: object = None
+    gradients: object = None
+    transpose: object = None
 
 
 def smooth_derivatives(name: str, output):
@@ -92,17 +106,32 @@ def _squares(factor, einsum):
     return squares if sign > 0 else -squares
 
 
-def _through_weight(factor, weight, einsum):
-    """A factor at a layer's output moved to its input: ``V W``."""
+def _through_weight(factor, layer: LayerRecord, einsum):
+    """A factor at a layer's output moved to its input: ``V J``."""
     sign, values, diagonal = factor
+    if layer.gradients is not None:
+        return sign, layer.transpose(values), False
     if diagonal:  # V = diag(s): row k of V W is s_k W_k
-        return sign, einsum("nk,ke->nke", values, weight), False
-    return sign, einsum("nkd,de->nke", values, weight), False
+        values = einsum("nk,ke->nke", values, layer.weight)
+    else:
+        values = einsum("nkd,de->nke", values, layer.weight)
+    return sign, values if layer.transpose is None else layer.transpose(values), False
 
 
 def _through_activation(factor, first):
     sign, values, diagonal = factor
-    return sign, values * (first if diagonal else first[:, None, :]), diagonal
+    return sign, values * (first if diagonal else first[:, None]), diagonal
+
+
+def _convolution_sums(layer: LayerRecord, columns, einsum):
+    """``sum_i sum_k sign * (dW_ik^2, db_ik^2)`` from each column's own gradients: a
+    convolution's weight is shared across positions, so its squares do not factorise."""
+    weight_sum = bias_sum = 0
+    for sign, values in columns:
+        weights, biases = layer.gradients(values)
+        weight_sum = weight_sum + sign * einsum("nkof->of", weights * weights)
+        bias_sum = bias_sum + sign * einsum("nko->o", biases * biases)
+    return weight_sum, bias_sum if layer.has_bias else None
 
 
 def backpropagate_diagonals(layers, output_gradient, output_factor, kind: str, einsum):
@@ -125,7 +154,8 @@ def backpropagate_diagonals(layers, output_gradient, output_factor, kind: str, e
         canonical layout and the tensors' type and dtype.
 
     Raises:
-        ValueError: an unknown ``kind``.
+        ValueError: an unknown ``kind``, or a diagonal factor reaching a convolution's
+            weight (``"hessian"`` with a second derivative right after a convolution).
     """
     check_choice("kind", kind, DIAGONAL_KINDS)
     gradient = output_gradient
@@ -140,18 +170,26 @@ def backpropagate_diagonals(layers, output_gradient, output_factor, kind: str, e
                 positive = (abs(residual) + residual) / 2
                 factors += [(1, positive ** 0.5, True), (-1, (positive - residual) ** 0.5, True)]
             gradient = gradient * layer.first
-        # [closed-form-diagonal]
-        if kind == "fisher":
-            squares = gradient * gradient                  # delta_i^2, (N, out)
+        if layer.gradients is not None:
+            if any(diagonal for _, _, diagonal in factors):
+                raise ValueError("a diagonal factor at a convolution's output (a second "
+                                 "derivative there, or a convolution last) is not supported")
+            columns = [(1, gradient[:, None])] if kind == "fisher" else [
+                (sign, values) for sign, values, _ in factors]
+            sums.append(_convolution_sums(layer, columns, einsum))
         else:
-            squares = sum(_squares(f, einsum) for f in factors)
-        inputs = layer.inputs * layer.inputs               # a_i^2, (N, in)
-        sums.append((einsum("nd,ne->de", squares, inputs),
-                     einsum("nd->d", squares) if layer.has_bias else None))
-        # [closed-form-diagonal-end]
+            # [closed-form-diagonal]
+            if kind == "fisher":
+                squares = gradient * gradient                  # delta_i^2, (N, out)
+            else:
+                squares = sum(_squares(f, einsum) for f in factors)
+            inputs = layer.inputs * layer.inputs               # a_i^2, (N, in)
+            sums.append((einsum("nd,ne->de", squares, inputs),
+                         einsum("nd->d", squares) if layer.has_bias else None))
+            # [closed-form-diagonal-end]
         if index:
-            gradient = einsum("nd,de->ne", gradient, layer.weight)
-            factors = [_through_weight(f, layer.weight, einsum) for f in factors]
+            gradient = _through_weight((1, gradient[:, None], False), layer, einsum)[1][:, 0]
+            factors = [_through_weight(f, layer, einsum) for f in factors]
     return sums[::-1]
 
 
@@ -190,7 +228,7 @@ def check_exact_diagonal_size(n: int, make_matvec, limit: int | None = None) -> 
     raise ValueError(
         f"the exact Hessian diagonal of this model takes one Hessian-vector product per "
         f"parameter: {n:,} products, about {_duration(estimate)} here (the closed form, "
-        f"one backward pass, covers only a chain of dense layers and elementwise "
+        f"one backward pass, covers only a chain of dense and conv layers and elementwise "
         f"activations); refused above {limit:,} parameters. Use method='fisher' (empirical "
         f"Fisher, one pass) or method='hutchinson' (an unbiased estimate from `samples` "
         f"products), or raise companion.core.diagonals.EXACT_DIAGONAL_LIMIT")

@@ -191,8 +191,8 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
                      loss: str = "cross_entropy", batch_size: int = 256) -> list:
     """The diagonal ``H_qq`` of the Hessian of the mean loss, exactly or estimated.
 
-    * ``"exact"``: by the closed form, one backward pass, on a chain of dense layers and
-      elementwise activations (:mod:`companion.tensorflow.diagonals`; for ReLU it is
+    * ``"exact"``: by the closed form, one backward pass, on a chain of dense (and conv)
+      layers and elementwise activations (:mod:`companion.tensorflow.diagonals`; for ReLU it is
       :func:`ggn_diagonal`); else ``(H e_q)_q``, one Hessian-vector product per parameter,
       refused above ``EXACT_DIAGONAL_LIMIT`` (10,000) parameters.
     * ``"hutchinson"``: ``(1/S) sum_s v_s * (H v_s)`` over ``S = samples`` Rademacher probes

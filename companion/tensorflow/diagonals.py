@@ -1,15 +1,18 @@
 """Curvature diagonals by the layer-wise closed forms, TensorFlow (Keras 3) back end.
 
-For a ``keras.Sequential`` of ``Dense`` layers (activation ``"relu"``, ``"tanh"``,
-``"sigmoid"`` or ``"linear"``, optionally followed by one ``Activation`` layer if their own
-is linear), with every variable trainable, the empirical Fisher, GGN and Hessian diagonals
+For a ``keras.Sequential`` of ``Conv2D`` layers (channels last, one group), then ``Dense``
+layers (a ``Flatten`` between them), each with activation ``"relu"``, ``"tanh"``,
+``"sigmoid"`` or ``"linear"`` (or a linear one followed by one ``Activation`` layer), ending
+in ``Dense``, with every variable trainable, the empirical Fisher, GGN and Hessian diagonals
 come from one forward and one backward pass per chunk of examples
 (:func:`companion.core.diagonals.backpropagate_diagonals`, as BackPACK's
-``SumGradSquared``, ``DiagGGNExact`` and ``DiagHessian`` in PyTorch), compiled once per model.
-Every other model (convolutions, normalisation, recurrent layers, functional or subclassed
-models, frozen layers) takes the general paths of :func:`hessian_diagonal`. Like every
-measurement, this calls the model with ``training=False``; no moving statistic changes.
-"""
+``SumGradSquared``, ``DiagGGNExact`` and ``DiagHessian`` in PyTorch; a convolution's weight
+gradients are formed per example from ``tf.image.extract_patches``, its transpose is
+``tf.nn.conv2d_transpose``), compiled once per model. The Hessian's closed form also needs
+piecewise-linear activations after the convolutions. Every other model (pooling,
+normalisation, recurrent layers, functional or subclassed models, frozen layers) takes the
+general paths of :func:`hessian_diagonal`. Like every measurement, this calls the model with
+``training=False``; no moving statistic changes."""
 
 from __future__ import annotations
 
@@ -31,36 +34,96 @@ _ACTIVATIONS = {keras.activations.relu: "relu", keras.activations.tanh: "tanh",
                 keras.activations.sigmoid: "sigmoid", keras.activations.linear: "linear"}
 
 
-def _chain(model):
-    """``[(dense, activation name), ...]`` if ``model`` is a chain the closed forms cover,
-    else ``None``."""
+def _plain_convolution(layer) -> bool:
+    """A ``Conv2D`` that ``extract_patches`` describes: channels last, one group."""
+    return type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last" \
+        and layer.groups == 1
+
+
+def _chain(model, kind: str):
+    """``[[layer, activation name, flatten before], ...]`` if ``model`` is a chain the
+    closed forms cover for ``kind``, else ``None``."""
     if type(model) is not keras.Sequential:
         return None
-    chain = []
+    chain, flatten = [], False
     for layer in model.layers:
         name = _ACTIVATIONS.get(getattr(layer, "activation", None))
-        if isinstance(layer, keras.layers.Dense) and name is not None:
-            chain.append([layer, name])
+        dense = isinstance(layer, keras.layers.Dense) and (
+            flatten or not chain or isinstance(chain[-1][0], keras.layers.Dense))
+        if name is not None and (dense or (
+                _plain_convolution(layer) and not flatten
+                and not any(isinstance(known, keras.layers.Dense) for known, _, _ in chain))):
+            chain.append([layer, name, flatten])
+            flatten = False
         elif (type(layer) is keras.layers.Activation and name is not None and chain
-              and chain[-1][1] == "linear"):
+              and chain[-1][1] == "linear" and not flatten):
             chain[-1][1] = name
+        elif type(layer) is keras.layers.Flatten and layer.data_format == "channels_last":
+            flatten = True
         else:
             return None
-    own = [v for dense, _ in chain for v in (dense.kernel, dense.bias) if v is not None]
+    own = [v for layer, _, _ in chain for v in (layer.kernel, layer.bias) if v is not None]
     variables = trainable_parameters(model)
-    if not chain or len(own) != len(variables) or any(
-            a is not b for a, b in zip(own, variables)):
+    if (not chain or flatten or not isinstance(chain[-1][0], keras.layers.Dense)
+            or len(own) != len(variables) or any(a is not b for a, b in zip(own, variables))):
         return None
+    if kind == "hessian" and any(not isinstance(layer, keras.layers.Dense)
+                                 and name in ("tanh", "sigmoid") for layer, name, _ in chain):
+        return None  # its second derivative's factor would be one column per unit
     return chain
+
+
+def _takes(first, ndim: int) -> bool:
+    """Whether the chain's first ``[layer, activation, flatten]`` takes ``ndim``-D inputs
+    (``(N, H, W, C)`` for a convolution, ``(N, features)`` for a dense layer)."""
+    layer, _, flatten = first
+    if isinstance(layer, keras.layers.Dense):
+        return ndim >= 2 if flatten else ndim == 2
+    return ndim == 4
+
+
+def _convolution(layer, inputs):
+    """``(z, gradients, transpose)``: the convolution without its bias, and the functions
+    of :class:`LayerRecord`, for a ``Conv2D`` on ``inputs``."""
+    strides, rates = [1, *layer.strides, 1], [1, *layer.dilation_rate, 1]
+    padding = layer.padding.upper()
+    z = tf.nn.conv2d(inputs, layer.kernel, strides, padding, dilations=rates)
+    height, width, channels = inputs.shape[1:]
+    size, outputs = layer.kernel.shape[:2], layer.kernel.shape[3]
+    patches = tf.image.extract_patches(inputs, [1, *size, 1], strides, rates, padding)
+    count = tf.shape(inputs)[0]
+    # (N, P, kh, kw, in) -> (N, in kh kw, P): the canonical order of a kernel's inputs
+    patches = tf.reshape(patches, [count, -1, *size, channels])
+    patches = tf.reshape(tf.transpose(patches, [0, 4, 2, 3, 1]), [count, -1, tf.shape(patches)[1]])
+
+    def gradients(values):
+        values = tf.reshape(values, [count, tf.shape(values)[1], -1, outputs])  # (N, K, P, out)
+        return tf.einsum("nkpo,nfp->nkof", values, patches), tf.einsum("nkpo->nko", values)
+
+    def transpose(values):
+        shape = tf.shape(values)
+        found = tf.nn.conv2d_transpose(
+            tf.reshape(values, [-1, *values.shape[2:]]), layer.kernel,
+            tf.stack([shape[0] * shape[1], height, width, channels]), strides, padding,
+            dilations=rates)
+        return tf.reshape(found, [shape[0], shape[1], height, width, channels])
+
+    return z, gradients, transpose
 
 
 def _records(chain, x):
     """The forward pass: a :class:`LayerRecord` per layer, and the model's output."""
     records, inputs = [], x
-    for dense, name in chain:
-        output = tf.matmul(inputs, dense.kernel)
-        if dense.bias is not None:
-            output = output + dense.bias
+    for layer, name, flatten in chain:
+        shape = inputs.shape[1:]
+        if flatten:
+            inputs = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
+        if isinstance(layer, keras.layers.Dense):
+            output = tf.matmul(inputs, layer.kernel)
+        else:
+            output, gradients, transpose = _convolution(layer, inputs)
+        if layer.bias is not None:
+            output = output + layer.bias
         first = second = None
         if name == "relu":
             output = tf.nn.relu(output)
@@ -68,8 +131,15 @@ def _records(chain, x):
         elif name != "linear":
             output = tf.tanh(output) if name == "tanh" else tf.sigmoid(output)
             first, second = smooth_derivatives(name, output)
-        records.append(LayerRecord(tf.transpose(dense.kernel), dense.bias is not None, inputs,
-                                   first, second))
+        if isinstance(layer, keras.layers.Dense):
+            unflatten = (lambda v, shape=tf.constant(list(shape), tf.int32): tf.reshape(
+                v, tf.concat([tf.shape(v)[:2], shape], 0))) if flatten else None
+            record = LayerRecord(tf.transpose(layer.kernel), layer.bias is not None, inputs,
+                                 first, second, transpose=unflatten)
+        else:
+            record = LayerRecord(None, layer.bias is not None, None, first, second, gradients,
+                                 transpose)
+        records.append(record)
         inputs = output
     return records, inputs
 
@@ -111,8 +181,8 @@ def closed_form_diagonal(model, x, y, loss: str, kind: str, batch_size: int):
     Raises:
         ValueError: the diagonal holds nan or inf.
     """
-    chain = _chain(model)
-    if chain is None or len(x.shape) != 2:
+    chain = _chain(model, kind)
+    if chain is None or not _takes(chain[0], len(x.shape)):
         return None
     function = _chunk_function(model, chain, loss, kind)
     count = int(x.shape[0])
@@ -138,15 +208,17 @@ def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256
     factorised and ``S_i`` backpropagated through the layers, ``batch_size`` examples at a
     time (:func:`companion.core.diagonals.backpropagate_diagonals`).
 
-    Only for a ``keras.Sequential`` of ``Dense`` layers with elementwise activations
-    (``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"linear"``, in the layer or in one following
-    ``Activation`` layer) and every variable trainable, such as :func:`mlp` without ``norm``
-    or ``residual``; other models are refused (use :func:`hessian_diagonal`, whose general
-    paths take any model). Calls the model with ``training=False``.
+    Only for a ``keras.Sequential`` of ``Conv2D`` and ``Dense`` layers with elementwise
+    activations (``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"linear"``, in the layer or in one
+    following ``Activation`` layer) and ``Flatten``, as :mod:`companion.tensorflow.diagonals`
+    describes, such as :func:`mlp` without ``norm`` or ``residual``; other models are
+    refused (use :func:`hessian_diagonal`, whose general paths take any model). Calls the
+    model with ``training=False``.
 
     Args:
         model: a ``keras.Sequential`` as above.
-        x: the inputs, an array-like ``(N, features)``.
+        x: the inputs, an array-like ``(N, features)``, or ``(N, H, W, C)`` for a
+            convolution first.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         loss: ``"cross_entropy"`` or ``"mse"``.
         batch_size: examples per chunk (bounds memory only), an integer >= 1.
@@ -166,9 +238,10 @@ def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256
                                     batch_size)
     if diagonal is None:
         raise ValueError(
-            f"ggn_diagonal needs a keras.Sequential of Dense layers with activation 'relu', "
-            f"'tanh', 'sigmoid' or 'linear' (or one Activation layer after a linear Dense), "
-            f"every variable trainable, and 2-D inputs; got {type(model).__name__} with "
-            f"inputs of shape {np.shape(x)}. For other models use "
-            f"hessian_diagonal(method='exact', 'fisher' or 'hutchinson')")
+            f"ggn_diagonal needs a keras.Sequential of Conv2D (channels last, one group) "
+            f"then Dense layers with activation 'relu', 'tanh', 'sigmoid' or 'linear' (or "
+            f"one Activation layer after a linear one), a Flatten between them, ending in "
+            f"Dense, every variable trainable; got {type(model).__name__} with inputs of "
+            f"shape {np.shape(x)}. For other models use hessian_diagonal(method='exact', "
+            f"'fisher' or 'hutchinson')")
     return _unflatten(model, diagonal, _canonical_order(model))

@@ -1,15 +1,17 @@
 """Curvature diagonals by the layer-wise closed forms, PyTorch back end.
 
-For a ``torch.nn.Sequential`` of ``nn.Linear`` layers, each followed by at most one
-elementwise activation (``nn.ReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Identity``), with every
-parameter trainable, the empirical Fisher, GGN and Hessian diagonals come from one forward
-and one backward pass per chunk of examples
+For a ``torch.nn.Sequential`` of ``nn.Conv2d`` layers (one group, numeric zero padding),
+then ``nn.Linear`` layers (an ``nn.Flatten`` between them), each followed by at most one
+elementwise activation (``nn.ReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Identity``), ending in
+``nn.Linear``, with every parameter trainable, the empirical Fisher, GGN and Hessian
+diagonals come from one forward and one backward pass per chunk of examples
 (:func:`companion.core.diagonals.backpropagate_diagonals`, as BackPACK's
-``SumGradSquared``, ``DiagGGNExact`` and ``DiagHessian``). Every other model (convolutions,
-normalisation, recurrent layers, a custom ``forward``, frozen layers) takes the general
-paths of :func:`hessian_diagonal`. Like every measurement, this runs the model in
-inference mode and changes no buffer.
-"""
+``SumGradSquared``, ``DiagGGNExact`` and ``DiagHessian``; a convolution's weight gradients
+are formed per example from ``unfold``, its transpose is ``conv2d_input``). The Hessian's
+closed form also needs piecewise-linear activations after the convolutions. Every other
+model (pooling, normalisation, recurrent layers, a custom ``forward``, frozen layers) takes
+the general paths of :func:`hessian_diagonal`. Like every measurement, this runs the model
+in inference mode and changes no buffer."""
 
 from __future__ import annotations
 
@@ -30,31 +32,75 @@ __all__ = ["ggn_diagonal"]
 _ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Identity: "linear"}
 
 
-def _chain(model):
-    """``[(linear, activation name), ...]`` if ``model`` is a chain the closed forms cover,
-    else ``None``."""
+def _plain_convolution(module) -> bool:
+    """An ``nn.Conv2d`` that ``unfold`` describes: one group, zero padding given as numbers."""
+    return (module.groups == 1 and module.padding_mode == "zeros"
+            and isinstance(module.padding, tuple))
+
+
+def _chain(model, kind: str):
+    """``[[layer, activation name, flatten before], ...]`` if ``model`` is a chain the
+    closed forms cover for ``kind``, else ``None``."""
     if type(model) is not nn.Sequential:
         return None
-    chain = []
+    chain, flatten = [], False
     for module in model:
-        if isinstance(module, nn.Linear):
-            chain.append([module, "linear"])
-        elif type(module) in _ACTIVATIONS and chain and chain[-1][1] == "linear":
+        flat = flatten or not chain or isinstance(chain[-1][0], nn.Linear)
+        if (isinstance(module, nn.Linear) and flat) or (
+                isinstance(module, nn.Conv2d) and _plain_convolution(module) and not flatten
+                and not any(isinstance(layer, nn.Linear) for layer, _, _ in chain)):
+            chain.append([module, "linear", flatten])
+            flatten = False
+        elif type(module) in _ACTIVATIONS and chain and chain[-1][1] == "linear" and not flatten:
             chain[-1][1] = _ACTIVATIONS[type(module)]
+        elif type(module) is nn.Flatten and (module.start_dim, module.end_dim) == (1, -1):
+            flatten = True
         else:
             return None
-    own = [p for linear, _ in chain for p in (linear.weight, linear.bias) if p is not None]
+    own = [p for layer, _, _ in chain for p in (layer.weight, layer.bias) if p is not None]
     params = trainable_parameters(model)
-    if not chain or len(own) != len(params) or any(a is not b for a, b in zip(own, params)):
+    if (not chain or flatten or not isinstance(chain[-1][0], nn.Linear)
+            or len(own) != len(params) or any(a is not b for a, b in zip(own, params))):
         return None
+    if kind == "hessian" and any(isinstance(layer, nn.Conv2d) and name in ("tanh", "sigmoid")
+                                 for layer, name, _ in chain):
+        return None  # its second derivative's factor would be one column per unit
     return chain
+
+
+def _takes(first, ndim: int) -> bool:
+    """Whether the chain's first ``[layer, activation, flatten]`` takes ``ndim``-D inputs
+    (``(N, C, H, W)`` for a convolution, ``(N, features)`` for a dense layer)."""
+    layer, _, flatten = first
+    return ndim == 4 if isinstance(layer, nn.Conv2d) else ndim >= 2 if flatten else ndim == 2
+
+
+def _convolution(module, inputs):
+    """``(gradients, transpose)`` of :class:`LayerRecord` for ``nn.Conv2d`` on ``inputs``."""
+    options = dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
+    patches = nn.functional.unfold(inputs, module.kernel_size, **options)  # (N, in k k, P)
+
+    def gradients(values):
+        values = values.reshape(*values.shape[:3], -1)                    # (N, K, out, P)
+        return torch.einsum("nkop,nfp->nkof", values, patches), values.sum(-1)
+
+    def transpose(values):
+        count, columns = values.shape[:2]
+        found = torch.nn.grad.conv2d_input((count * columns, *inputs.shape[1:]), module.weight,
+                                           values.reshape(-1, *values.shape[2:]), **options)
+        return found.reshape(count, columns, *inputs.shape[1:])
+
+    return gradients, transpose
 
 
 def _records(chain, x):
     """The forward pass: a :class:`LayerRecord` per layer, and the model's output."""
     records, inputs = [], x
-    for linear, name in chain:
-        output = linear(inputs)
+    for layer, name, flatten in chain:
+        shape = inputs.shape[1:]
+        if flatten:
+            inputs = inputs.reshape(len(inputs), -1)
+        output = layer(inputs)
         first = second = None
         if name == "relu":
             output = torch.relu(output)
@@ -62,8 +108,16 @@ def _records(chain, x):
         elif name != "linear":
             output = torch.tanh(output) if name == "tanh" else torch.sigmoid(output)
             first, second = smooth_derivatives(name, output)
-        records.append(LayerRecord(linear.weight, linear.bias is not None, inputs, first,
-                                   second))
+        if isinstance(layer, nn.Conv2d):
+            gradients, transpose = _convolution(layer, inputs)
+            record = LayerRecord(None, layer.bias is not None, None, first, second,
+                                 gradients, transpose)
+        else:
+            unflatten = (lambda v, shape=shape: v.reshape(*v.shape[:2], *shape)) if flatten \
+                else None
+            record = LayerRecord(layer.weight, layer.bias is not None, inputs, first, second,
+                                 transpose=unflatten)
+        records.append(record)
         inputs = output
     return records, inputs
 
@@ -88,8 +142,8 @@ def closed_form_diagonal(model, x, y, loss: str, kind: str, batch_size: int):
     Raises:
         ValueError: the diagonal holds nan or inf.
     """
-    chain = _chain(model)
-    if chain is None or x.dim() != 2:
+    chain = _chain(model, kind)
+    if chain is None or not _takes(chain[0], x.dim()):
         return None
     total = 0
     with torch.no_grad():
@@ -119,15 +173,17 @@ def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256
     factorised and ``S_i`` backpropagated through the layers, ``batch_size`` examples at a
     time (:func:`companion.core.diagonals.backpropagate_diagonals`).
 
-    Only for a ``torch.nn.Sequential`` of ``nn.Linear`` layers and elementwise activations
-    (``nn.ReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Identity``) with every parameter
-    trainable, such as :func:`mlp` without ``norm`` or ``residual``; other models are
-    refused (use :func:`hessian_diagonal`, whose general paths take any model). Runs the
-    model in inference mode; no buffer changes.
+    Only for a ``torch.nn.Sequential`` of ``nn.Conv2d`` and ``nn.Linear`` layers with
+    elementwise activations (``nn.ReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Identity``) and
+    ``nn.Flatten``, as :mod:`companion.torch.diagonals` describes, such as :func:`mlp`
+    without ``norm`` or ``residual``; other models are refused (use
+    :func:`hessian_diagonal`, whose general paths take any model). Runs the model in
+    inference mode; no buffer changes.
 
     Args:
         model: a ``torch.nn.Sequential`` as above.
-        x: the inputs, an array-like ``(N, features)``.
+        x: the inputs, an array-like ``(N, features)``, or ``(N, C, H, W)`` for a
+            convolution first.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         loss: ``"cross_entropy"`` or ``"mse"``.
         batch_size: examples per chunk (bounds memory only), an integer >= 1.
@@ -147,9 +203,10 @@ def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256
                                     batch_size)
     if diagonal is None:
         raise ValueError(
-            f"ggn_diagonal needs a torch.nn.Sequential of nn.Linear layers, each followed by "
-            f"at most one of nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, every parameter "
-            f"trainable, and 2-D inputs; got {type(model).__name__} with inputs of shape "
-            f"{np.shape(x)}. For other models use hessian_diagonal(method='exact', "
+            f"ggn_diagonal needs a torch.nn.Sequential of nn.Conv2d (one group, numeric "
+            f"padding) then nn.Linear layers, each followed by at most one of nn.ReLU, "
+            f"nn.Tanh, nn.Sigmoid, nn.Identity, an nn.Flatten between them, ending in "
+            f"nn.Linear, every parameter trainable; got {type(model).__name__} with inputs "
+            f"of shape {np.shape(x)}. For other models use hessian_diagonal(method='exact', "
             f"'fisher' or 'hutchinson')")
     return _unflatten(model, diagonal)
