@@ -12,7 +12,12 @@ gradients are formed per example from ``tf.image.extract_patches``, its transpos
 piecewise-linear activations after the convolutions. Every other model (pooling,
 normalisation, recurrent layers, functional or subclassed models, frozen layers) takes the
 general paths of :func:`hessian_diagonal`. Like every measurement, this calls the model with
-``training=False``; no moving statistic changes."""
+``training=False``; no moving statistic changes.
+
+Memory per chunk of ``batch_size`` examples: the factors hold a column per class (for the
+Hessian, also one per unit of each smooth dense layer) at every layer's output, and a
+convolution's per-example weight gradients for each column; lower ``batch_size`` to bound
+it."""
 
 from __future__ import annotations
 

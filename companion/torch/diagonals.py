@@ -11,7 +11,12 @@ are formed per example from ``unfold``, its transpose is ``conv2d_input``). The 
 closed form also needs piecewise-linear activations after the convolutions. Every other
 model (pooling, normalisation, recurrent layers, a custom ``forward``, frozen layers) takes
 the general paths of :func:`hessian_diagonal`. Like every measurement, this runs the model
-in inference mode and changes no buffer."""
+in inference mode and changes no buffer.
+
+Memory per chunk of ``batch_size`` examples: the factors hold a column per class (for the
+Hessian, also one per unit of each smooth dense layer) at every layer's output, and a
+convolution's per-example weight gradients for each column; lower ``batch_size`` to bound
+it."""
 
 from __future__ import annotations
 
