@@ -44,7 +44,8 @@ from tqdm import tqdm
 from .checks import check_choice
 
 __all__ = ["DIAGONAL_KINDS", "EXACT_DIAGONAL_LIMIT", "LayerRecord", "smooth_derivatives",
-           "backpropagate_diagonals", "check_exact_diagonal_size", "exact_diagonal_from_rows"]
+           "backpropagate_diagonals", "check_finite_diagonal", "check_exact_diagonal_size",
+           "exact_diagonal_from_rows"]
 
 DIAGONAL_KINDS = ("fisher", "ggn", "hessian")
 
@@ -191,6 +192,19 @@ def backpropagate_diagonals(layers, output_gradient, output_factor, kind: str, e
             gradient = _through_weight((1, gradient[:, None], False), layer, einsum)[1][:, 0]
             factors = [_through_weight(f, layer, einsum) for f in factors]
     return sums[::-1]
+
+
+def check_finite_diagonal(diagonal, kind: str) -> np.ndarray:
+    """Return ``diagonal`` (a NumPy vector) if every entry is finite.
+
+    Raises:
+        ValueError: an entry is nan or inf (the weights or outputs are not finite), named
+            with ``kind``, e.g. ``"ggn"``.
+    """
+    if not np.all(np.isfinite(diagonal)):
+        raise ValueError(f"the {kind} diagonal holds nan or inf: the model's weights or "
+                         "outputs are not finite on these examples")
+    return diagonal
 
 
 def _duration(seconds: float) -> str:

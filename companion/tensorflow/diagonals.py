@@ -28,7 +28,8 @@ import tensorflow as tf
 from ..core.checks import LOSSES, check_choice, check_positive_int
 # exact_diagonal_from_rows is for .curvature, which imports from the core only its namesake.
 from ..core.diagonals import (LayerRecord, backpropagate_diagonals,  # noqa: F401
-                              exact_diagonal_from_rows, smooth_derivatives)
+                              check_finite_diagonal, exact_diagonal_from_rows,
+                              smooth_derivatives)
 from .models import _canonical_order, _unflatten, trainable_parameters
 from .runtime import as_tensor, compiled_for
 from .training import check_model_data
@@ -194,11 +195,48 @@ def closed_form_diagonal(model, x, y, loss: str, kind: str, batch_size: int):
     total = 0
     for start in range(0, count, batch_size):
         total = total + function(x[start:start + batch_size], y[start:start + batch_size])
-    diagonal = total.numpy() / count
-    if not np.all(np.isfinite(diagonal)):
-        raise ValueError(f"the {kind} diagonal holds nan or inf: the model's weights or "
-                         "outputs are not finite on these examples")
-    return diagonal
+    return check_finite_diagonal(total.numpy() / count, kind)
+
+
+def _general_ggn_function(model, loss: str):
+    """A ``tf.function`` ``(x, y) -> sum_ik (J_i^T S_ik)^2`` over a chunk, Keras order."""
+    variables = trainable_parameters(model)
+
+    def make():
+        @tf.function(reduce_retracing=True)
+        def squares(x, y):
+            with tf.GradientTape() as tape:
+                output = model(x, training=False)
+                if len(output.shape) > 2:
+                    output = tf.reshape(output, [tf.shape(output)[0], -1])
+                _, (values, diagonal) = _output_terms(tf.stop_gradient(output), y, loss)
+                projected = tf.einsum("nkc,nc->nk", tf.linalg.diag(values) if diagonal
+                                      else values, output)
+            jacobians = tape.jacobian(projected, variables,
+                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return tf.concat([tf.reshape(tf.reduce_sum(j * j, [0, 1]), [-1])
+                              for j in jacobians], 0)
+
+        return squares
+
+    return compiled_for(model, ("general_ggn", loss), make)
+
+
+def _general_ggn(model, x, y, loss: str, batch_size: int) -> np.ndarray:
+    """The GGN diagonal of any model, as a float64 NumPy vector in the canonical order.
+
+    Example ``i``'s output ``f_i`` (flattened) projected on the columns of ``S_i``,
+    ``u_ik = S_ik . f_i``, has the gradient ``J_i^T S_ik``; the Jacobian of every ``u_ik``
+    of a chunk (vectorised by ``pfor``) gives them, and ``diag G = (1/N) sum_ik
+    (J_i^T S_ik)^2``. Memory: ``batch_size * K`` gradients.
+    """
+    function = _general_ggn_function(model, loss)
+    count = int(x.shape[0])
+    total = 0
+    for start in range(0, count, batch_size):
+        total = total + function(x[start:start + batch_size],
+                                 y[start:start + batch_size]).numpy().astype(np.float64)
+    return check_finite_diagonal(total[_canonical_order(model)] / count, "ggn")
 
 
 def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256) -> list:
@@ -213,17 +251,17 @@ def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256
     factorised and ``S_i`` backpropagated through the layers, ``batch_size`` examples at a
     time (:func:`companion.core.diagonals.backpropagate_diagonals`).
 
-    Only for a ``keras.Sequential`` of ``Conv2D`` and ``Dense`` layers with elementwise
-    activations (``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"linear"``, in the layer or in one
-    following ``Activation`` layer) and ``Flatten``, as :mod:`companion.tensorflow.diagonals`
-    describes, such as :func:`mlp` without ``norm`` or ``residual``; other models are
-    refused (use :func:`hessian_diagonal`, whose general paths take any model). Calls the
-    model with ``training=False``.
+    That closed form covers a ``keras.Sequential`` of ``Conv2D`` and ``Dense`` layers with
+    elementwise activations and ``Flatten``, as :mod:`companion.tensorflow.diagonals`
+    describes, such as :func:`mlp` without ``norm`` or ``residual``. Any other model takes
+    the general path: each example's output projected on each column of ``S_i`` is
+    differentiated, one Jacobian (vectorised) per chunk (memory ``batch_size`` times the
+    number of outputs times the number of parameters). Calls the model with
+    ``training=False``.
 
     Args:
-        model: a ``keras.Sequential`` as above.
-        x: the inputs, an array-like ``(N, features)``, or ``(N, H, W, C)`` for a
-            convolution first.
+        model: a Keras model, e.g. from :func:`mlp`.
+        x: the inputs, an array-like with one example per row (axis 0).
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         loss: ``"cross_entropy"`` or ``"mse"``.
         batch_size: examples per chunk (bounds memory only), an integer >= 1.
@@ -232,21 +270,15 @@ def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256
         tensors aligned with the variables, each of its variable's shape (Keras' layout).
 
     Raises:
-        ValueError: a model the closed form does not cover, an unknown loss, ``batch_size``
-            not an integer >= 1, bad ``(x, y)``, or a non-finite result.
+        ValueError: an unknown loss, ``batch_size`` not an integer >= 1, bad ``(x, y)``, or
+            a non-finite result.
     """
     batch_size = check_positive_int("batch_size", batch_size)
     check_choice("loss", loss, LOSSES)
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
-    diagonal = closed_form_diagonal(model, as_tensor(x, like), as_tensor(y, like), loss, "ggn",
-                                    batch_size)
+    x, y = as_tensor(x, like), as_tensor(y, like)
+    diagonal = closed_form_diagonal(model, x, y, loss, "ggn", batch_size)
     if diagonal is None:
-        raise ValueError(
-            f"ggn_diagonal needs a keras.Sequential of Conv2D (channels last, one group) "
-            f"then Dense layers with activation 'relu', 'tanh', 'sigmoid' or 'linear' (or "
-            f"one Activation layer after a linear one), a Flatten between them, ending in "
-            f"Dense, every variable trainable; got {type(model).__name__} with inputs of "
-            f"shape {np.shape(x)}. For other models use hessian_diagonal(method='exact', "
-            f"'fisher' or 'hutchinson')")
+        diagonal = _general_ggn(model, x, y, loss, batch_size)
     return _unflatten(model, diagonal, _canonical_order(model))

@@ -27,7 +27,8 @@ from torch import nn
 from ..core.checks import LOSSES, check_choice, check_positive_int
 # exact_diagonal_from_rows is for .curvature, which imports from the core only its namesake.
 from ..core.diagonals import (LayerRecord, backpropagate_diagonals,  # noqa: F401
-                              exact_diagonal_from_rows, smooth_derivatives)
+                              check_finite_diagonal, exact_diagonal_from_rows,
+                              smooth_derivatives)
 from .models import _unflatten, trainable_parameters
 from .runtime import as_tensor, measured_in_inference_mode
 from .training import check_model_data
@@ -158,11 +159,32 @@ def closed_form_diagonal(model, x, y, loss: str, kind: str, batch_size: int):
             sums = backpropagate_diagonals(records, gradient, factor, kind, torch.einsum)
             total = total + torch.cat([s.reshape(-1).double() for pair in sums
                                        for s in pair if s is not None])
-    diagonal = (total / len(x)).cpu().numpy()
-    if not np.all(np.isfinite(diagonal)):
-        raise ValueError(f"the {kind} diagonal holds nan or inf: the model's weights or "
-                         "outputs are not finite on these examples")
-    return diagonal
+    return check_finite_diagonal((total / len(x)).cpu().numpy(), kind)
+
+
+def _general_ggn(model, x, y, loss: str, batch_size: int) -> np.ndarray:
+    """The GGN diagonal of any model, as a float64 NumPy vector in the canonical order.
+
+    Example ``i``'s output ``f_i`` (flattened) projected on the columns of ``S_i``,
+    ``u_ik = S_ik . f_i``, has the gradient ``J_i^T S_ik``; one batched backward pass
+    (``is_grads_batched``) gives it for every ``(i, k)`` of a chunk, and
+    ``diag G = (1/N) sum_ik (J_i^T S_ik)^2``. Memory: ``batch_size * K`` gradients.
+    """
+    params = trainable_parameters(model)
+    total = 0
+    for start in range(0, len(x), batch_size):
+        with torch.enable_grad():
+            output = model(x[start:start + batch_size])
+        output = output.reshape(len(output), -1)
+        _, (values, diagonal) = _output_terms(output.detach(), y[start:start + batch_size],
+                                              loss)
+        projected = torch.einsum("nkc,nc->nk", torch.diag_embed(values) if diagonal else values,
+                                 output).reshape(-1)
+        basis = torch.eye(len(projected), dtype=projected.dtype, device=projected.device)
+        grads = torch.autograd.grad(projected, params, basis, is_grads_batched=True,
+                                    allow_unused=True, materialize_grads=True)
+        total = total + torch.cat([(g * g).sum(0).reshape(-1).double() for g in grads])
+    return check_finite_diagonal((total / len(x)).cpu().numpy(), "ggn")
 
 
 @measured_in_inference_mode
@@ -178,17 +200,17 @@ def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256
     factorised and ``S_i`` backpropagated through the layers, ``batch_size`` examples at a
     time (:func:`companion.core.diagonals.backpropagate_diagonals`).
 
-    Only for a ``torch.nn.Sequential`` of ``nn.Conv2d`` and ``nn.Linear`` layers with
-    elementwise activations (``nn.ReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Identity``) and
-    ``nn.Flatten``, as :mod:`companion.torch.diagonals` describes, such as :func:`mlp`
-    without ``norm`` or ``residual``; other models are refused (use
-    :func:`hessian_diagonal`, whose general paths take any model). Runs the model in
-    inference mode; no buffer changes.
+    That closed form covers a ``torch.nn.Sequential`` of ``nn.Conv2d`` and ``nn.Linear``
+    layers with elementwise activations and ``nn.Flatten``, as :mod:`companion.torch.diagonals`
+    describes, such as :func:`mlp` without ``norm`` or ``residual``. Any other model takes
+    the general path: each example's output projected on each column of ``S_i`` is
+    differentiated, one batched backward pass per chunk (memory ``batch_size`` times the
+    number of outputs times the number of parameters). Runs the model in inference mode; no
+    buffer changes.
 
     Args:
-        model: a ``torch.nn.Sequential`` as above.
-        x: the inputs, an array-like ``(N, features)``, or ``(N, C, H, W)`` for a
-            convolution first.
+        model: a ``torch.nn.Module``, e.g. from :func:`mlp`.
+        x: the inputs, an array-like with one example per row (axis 0).
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         loss: ``"cross_entropy"`` or ``"mse"``.
         batch_size: examples per chunk (bounds memory only), an integer >= 1.
@@ -197,21 +219,15 @@ def ggn_diagonal(model, x, y, loss: str = "cross_entropy", batch_size: int = 256
         tensors aligned with the parameters, each of its parameter's shape.
 
     Raises:
-        ValueError: a model the closed form does not cover, an unknown loss, ``batch_size``
-            not an integer >= 1, bad ``(x, y)``, or a non-finite result.
+        ValueError: an unknown loss, ``batch_size`` not an integer >= 1, bad ``(x, y)``, or
+            a non-finite result.
     """
     batch_size = check_positive_int("batch_size", batch_size)
     check_choice("loss", loss, LOSSES)
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
-    diagonal = closed_form_diagonal(model, as_tensor(x, like), as_tensor(y, like), loss, "ggn",
-                                    batch_size)
+    x, y = as_tensor(x, like), as_tensor(y, like)
+    diagonal = closed_form_diagonal(model, x, y, loss, "ggn", batch_size)
     if diagonal is None:
-        raise ValueError(
-            f"ggn_diagonal needs a torch.nn.Sequential of nn.Conv2d (one group, numeric "
-            f"padding) then nn.Linear layers, each followed by at most one of nn.ReLU, "
-            f"nn.Tanh, nn.Sigmoid, nn.Identity, an nn.Flatten between them, ending in "
-            f"nn.Linear, every parameter trainable; got {type(model).__name__} with inputs "
-            f"of shape {np.shape(x)}. For other models use hessian_diagonal(method='exact', "
-            f"'fisher' or 'hutchinson')")
+        diagonal = _general_ggn(model, x, y, loss, batch_size)
     return _unflatten(model, diagonal)
