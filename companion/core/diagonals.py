@@ -138,6 +138,13 @@ def _convolution_sums(layer: LayerRecord, columns, einsum):
 def backpropagate_diagonals(layers, output_gradient, output_factor, kind: str, einsum):
     """Per-layer sums over a chunk of examples of the curvature diagonal ``kind``.
 
+    From the output backwards, each example carries its loss gradient ``delta`` and the
+    factors ``V`` (``K`` columns, signed): through an activation ``delta <- delta * phi'(z)``,
+    ``V <- V * phi'(z)``, and for ``"hessian"`` the factors ``sqrt(r+)``, ``-sqrt(r-)`` of
+    ``diag(phi''(z) * delta)`` join; at a dense layer the sums are
+    ``(delta^2)^T a^2`` (``"fisher"``) or ``(sum_k sign_k V_k^2)^T a^2`` and, for the bias,
+    the same without ``a``; then ``delta <- delta W``, ``V <- V W``.
+
     Args:
         layers: :class:`LayerRecord` s in forward order; the last one produces the model's
             output (its activation, if any, included).
