@@ -395,8 +395,9 @@ def test_chapters_offer_their_notebook_and_no_outside_launch(book_html):
 # A name re-exported by several of them is documented in the first that holds it, so the
 # modules that define names come before those that re-export them.
 NEUTRAL_MODULES = tuple(f"companion.core.{name}" for name in (
-    "checks", "batches", "runtime", "layout", "models", "training", "diagnostics", "clipping", "pruning",
-    "distributed", "curvature", "schedules", "attention", "mask_io")) + ("companion.experiments",)
+    "checks", "batches", "runtime", "layout", "models", "training", "diagnostics",
+    "clipping", "pruning", "distributed", "curvature", "diagonals", "schedules", "attention",
+    "mask_io")) + ("companion.experiments",)
 
 
 def _public_names():

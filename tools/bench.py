@@ -8,7 +8,7 @@ a busy machine slows both alike and the ratio stays meaningful; the absolute tim
 not. Speed is measured here, never asserted in tests (tests check that each fast path
 gives the same numbers as the exact one).
 
-Usage: python tools/bench.py [--repeats 7] [--json FILE]
+Usage: python tools/bench.py [--repeats 7] [--json FILE] [--only SECTION]
 """
 
 from __future__ import annotations
@@ -129,32 +129,87 @@ def training_rows(repeats: int) -> list:
 
 
 def curvature_rows(repeats: int) -> list:
+    """The closed-form diagonals beside BackPACK (``torch``); the TensorFlow rows have no
+    TensorFlow anchor, so they stand beside the same BackPACK call, labelled as such."""
     mnist = data.load_mnist1d()
     x, y = mnist.x_train[:1000], mnist.y_train[:1000]
-    model = ct.mlp([40, 300, 100, 10], seed=0)
-    rows = []
     try:
         from backpack import backpack, extend
-        from backpack.extensions import SumGradSquared
+        from backpack.extensions import DiagGGNExact, DiagHessian, SumGradSquared
     except ImportError:
         print("BackPACK is not installed (pip install backpack-for-pytorch torch==2.13.0): "
-              "the Fisher row is skipped")
-        return rows
-    twin = extend(ct.mlp([40, 300, 100, 10], seed=0))
+              "the curvature rows are skipped")
+        return []
+    model, tf_model = ct.mlp([40, 300, 100, 10], seed=0), ctf.mlp([40, 300, 100, 10], seed=0)
+    smooth = ct.mlp([40, 300, 100, 10], activation="tanh", seed=0)
+    twins = {"relu": extend(ct.mlp([40, 300, 100, 10], seed=0)),
+             "tanh": extend(ct.mlp([40, 300, 100, 10], activation="tanh", seed=0))}
     loss_function = extend(torch.nn.CrossEntropyLoss(reduction="sum"))
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
 
-    def backpack_fisher():
-        twin.zero_grad()
-        with backpack(SumGradSquared()):
-            loss_function(twin(xt), yt).backward()
-        return [p.sum_grad_squared for p in twin.parameters()]
+    def with_backpack(extension, activation="relu"):
+        def call():
+            twins[activation].zero_grad()
+            with backpack(extension()):
+                loss_function(twins[activation](xt), yt).backward()
+        return call
 
-    rows.append(("empirical Fisher diagonal, MLP 40-300-100-10, 1,000 examples",
-                 "BackPACK SumGradSquared",
-                 *interleaved(lambda: ct.hessian_diagonal(model, x, y, method="fisher"),
-                              backpack_fisher, repeats)))
-    return rows
+    label = "MLP 40-300-100-10, 1,000 examples"
+    pairs = [
+        (f"empirical Fisher diagonal, {label}", "BackPACK SumGradSquared",
+         lambda: ct.hessian_diagonal(model, x, y, method="fisher"), SumGradSquared),
+        (f"exact Hessian diagonal, {label}", "BackPACK DiagHessian",
+         lambda: ct.hessian_diagonal(model, x, y, method="exact"), DiagHessian),
+        (f"ct.ggn_diagonal, {label}", "BackPACK DiagGGNExact",
+         lambda: ct.ggn_diagonal(model, x, y), DiagGGNExact),
+        ("ctf empirical Fisher diagonal, same", "BackPACK SumGradSquared (torch)",
+         lambda: ctf.hessian_diagonal(tf_model, x, y, method="fisher"), SumGradSquared),
+        ("ctf exact Hessian diagonal, same", "BackPACK DiagHessian (torch)",
+         lambda: ctf.hessian_diagonal(tf_model, x, y, method="exact"), DiagHessian)]
+    rows = [(name, anchor, *interleaved(mine, with_backpack(extension), repeats))
+            for name, anchor, mine, extension in pairs]
+    # tanh has a second derivative: the Hessian's extra terms are backpropagated too
+    rows.append(("exact Hessian diagonal, the same MLP with tanh", "BackPACK DiagHessian",
+                 *interleaved(lambda: ct.hessian_diagonal(smooth, x, y, method="exact"),
+                              with_backpack(DiagHessian, "tanh"), repeats)))
+    return rows + convolution_rows(repeats, backpack, extend)
+
+
+def small_cnn():
+    """Conv(1->16, 3x3) ReLU Conv(16->16, 3x3) ReLU Flatten Linear(1024->10): 12,730
+    parameters, for 8x8 images."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(16 * 8 * 8, 10))
+
+
+def convolution_rows(repeats: int, backpack, extend) -> list:
+    """The closed forms on a small CNN (per-example weight gradients from unfolded
+    patches), beside BackPACK on 1,000 random 8x8 images."""
+    from backpack.extensions import DiagHessian, SumGradSquared
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 1000)
+    model, twin = small_cnn(), extend(small_cnn())
+    loss_function = extend(torch.nn.CrossEntropyLoss(reduction="sum"))
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+
+    def with_backpack(extension):
+        def call():
+            twin.zero_grad()
+            with backpack(extension()):
+                loss_function(twin(xt), yt).backward()
+        return call
+
+    label = "CNN 12.7k weights, 1,000 images"
+    return [(f"empirical Fisher diagonal, {label}", "BackPACK SumGradSquared",
+             *interleaved(lambda: ct.hessian_diagonal(model, x, y, method="fisher"),
+                          with_backpack(SumGradSquared), repeats)),
+            (f"exact Hessian diagonal, {label}", "BackPACK DiagHessian",
+             *interleaved(lambda: ct.hessian_diagonal(model, x, y, method="exact"),
+                          with_backpack(DiagHessian), repeats))]
 
 
 # One obs_prune call in a fresh interpreter, so that its peak memory is its own. The peak
@@ -183,20 +238,27 @@ def obs_prune_cost(framework: str) -> tuple:
     return float(seconds), int(peak) / 1024
 
 
+SECTIONS = {"clipping": clipping_rows, "pruning": pruning_rows, "training": training_rows,
+            "curvature": curvature_rows, "obs": lambda repeats: []}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--only", choices=SECTIONS, help="run only this section")
     args = parser.parse_args(argv)
     rows = []
     print(f"{'operation':62s} {'companion':>10s} {'anchor':>10s} {'ratio':>6s}  anchor")
-    for section in (clipping_rows, pruning_rows, training_rows, curvature_rows):
+    for name, section in SECTIONS.items():
+        if args.only not in (None, name):
+            continue
         for label, anchor_name, mine, theirs in section(args.repeats):
             rows.append({"operation": label, "anchor": anchor_name,
                          "companion_s": mine, "anchor_s": theirs, "ratio": mine / theirs})
             print(f"{label:62s} {mine * 1e3:8.1f}ms {theirs * 1e3:8.1f}ms "
                   f"{mine / theirs:5.1f}x  {anchor_name}", flush=True)
-    for framework in ("torch", "tensorflow"):
+    for framework in ("torch", "tensorflow") if args.only in (None, "obs") else ():
         seconds, peak = obs_prune_cost(framework)
         rows.append({"operation": f"obs_prune 90%, MLP 40-300-100-10, 4,000 examples "
                                   f"({framework})", "seconds": seconds, "peak_mib": peak})

@@ -8,6 +8,7 @@ from .clipping import (adaptive_clip, clip_by_global_norm, clip_by_norm, clip_by
                        clip_function, clipping_optimizer)
 from .curvature import (hessian, hessian_diagonal, hutchinson_trace, hvp, obd_scores,
                         obs_prune, top_eigenvalue)
+from .diagonals import ggn_diagonal
 from .diagnostics import (GradientMonitor, global_norm, layer_norms, parameter_norms,
                           total_norm)
 from .distributed import (DATA_PARALLEL_CLIPS, DataParallelPruning, DataParallelStep,
@@ -41,7 +42,7 @@ __all__ = [
     "constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",
     "GradualPruningResult", "GradualPruning", "compressed_size", "CompressedSize",
     "hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
-    "obd_scores", "obs_prune",
+    "obd_scores", "obs_prune", "ggn_diagonal",
     "save_masks", "load_masks",
     "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
     "DataParallelStep", "DATA_PARALLEL_CLIPS", "data_parallel_pruning", "DataParallelPruning",

@@ -267,6 +267,23 @@ def _canonical_order(model, selected=None) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _flattened_rows_to_canonical(model, flat: np.ndarray) -> np.ndarray:
+    """A vector in the canonical order except for the input rows of Dense kernels that read
+    a flattened convolution output (kernels only transposed, as a computation in Keras'
+    layout gives them), with those rows put in PyTorch's order, as :func:`to_canonical`
+    puts them."""
+    flattened, pieces, start = _flattened_kernels(model), [], 0
+    for variable in trainable_parameters(model):
+        size = int(np.prod(variable.shape, dtype=np.int64))
+        piece = flat[start:start + size]
+        if id(variable) in flattened:
+            rows = piece.reshape(variable.shape[1], variable.shape[0])
+            piece = rows_channels_first(rows, flattened[id(variable)]).ravel()
+        pieces.append(piece)
+        start += size
+    return np.concatenate(pieces)
+
+
 def _flatten(tensors, order: np.ndarray) -> np.ndarray:
     """Tensors in Keras' layout as one float64 vector in the canonical flattening order."""
     native = np.concatenate([np.asarray(t, np.float64).ravel() for t in tensors])

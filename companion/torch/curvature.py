@@ -28,9 +28,10 @@ from ..core.checks import (check_loss, check_matching_shapes, check_positive,
 from ..core.curvature import (check_hessian_size, check_method, check_obs_memory, check_seed,
                               fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
                               power_iteration)
+from .batches import _batch_mean, check_data_source
+from .diagonals import closed_form_diagonal, exact_diagonal_from_rows
 from .layout import (_flatten, from_canonical, get_weights, parameter_names, set_weights,
                      trainable_parameters, _unflatten)
-from .batches import _batch_mean, check_data_source
 from .pruning import _prunable
 from .runtime import as_tensor, measured_in_inference_mode
 from .training import _mean_loss, _per_sample_gradients, check_model_data
@@ -191,8 +192,10 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
                      loss: str = "cross_entropy", batch_size: int = 256) -> list:
     """The diagonal ``H_qq`` of the Hessian of the mean loss, exactly or estimated.
 
-    * ``"exact"``: ``H_qq = (H e_q)_q``, one Hessian-vector product per parameter (batched);
-      exact but ``n`` products, so for small models.
+    * ``"exact"``: by the closed form, one backward pass, on a chain of dense (and conv)
+      layers and elementwise activations (:mod:`companion.torch.diagonals`; for ReLU it is
+      :func:`ggn_diagonal`); else ``(H e_q)_q``, one Hessian-vector product per parameter,
+      refused above ``EXACT_DIAGONAL_LIMIT`` (10,000) parameters.
     * ``"hutchinson"``: ``(1/S) sum_s v_s * (H v_s)`` over ``S = samples`` Rademacher probes
       (Bekas et al. 2007), unbiased with variance ``(1/S) sum_{j != q} H_qj^2``. The probes
       are drawn in NumPy from ``seed`` in the canonical order
@@ -200,8 +203,8 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
     * ``"fisher"``: the empirical Fisher diagonal ``(1/N) sum_i g_i^2`` over the ``N``
       examples, ``g_i`` the gradient of example ``i``'s loss: never negative, equal to the
       Hessian's Gauss-Newton part only where the model fits (for cross-entropy it
-      approximates the Fisher, not ``H``). Per-sample gradients are vectorised
-      (``vmap(grad)``), ``batch_size`` examples at a time.
+      approximates the Fisher, not ``H``). By the closed form on a chain, else from
+      per-sample gradients (``vmap(grad)``), ``batch_size`` examples at a time.
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
@@ -211,14 +214,15 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
         samples: the number of probes for ``"hutchinson"``, an integer >= 1.
         seed: seed of the probes, an integer >= 0.
         loss: ``"cross_entropy"`` or ``"mse"``.
-        batch_size: examples per vectorised chunk for ``"fisher"`` (bounds memory only).
+        batch_size: examples per chunk for ``"fisher"`` and closed forms (memory only).
 
     Returns:
         tensors aligned with the parameters, each of its parameter's shape.
 
     Raises:
         ValueError: an unknown method or loss, ``samples`` or ``batch_size`` not an integer
-            >= 1, ``seed`` not an integer >= 0, or bad ``(x, y)``.
+            >= 1, ``seed`` not an integer >= 0, bad ``(x, y)``, a non-finite closed form, or
+            ``"exact"`` by HVPs above the limit (the message estimates the time).
     """
     check_method(method)
     samples = check_positive_int("samples", samples)
@@ -227,15 +231,18 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
     x, y = _data(model, x, y, loss)
     n = _parameter_count(model)
     if method == "exact":
-        diagonal = np.zeros(n)
-        for rows, block in _hessian_rows(model, x, y, loss, np.arange(n)):
-            diagonal[rows] = block[np.arange(len(rows)), rows]
+        diagonal = closed_form_diagonal(model, x, y, loss, "hessian", batch_size)
+        if diagonal is None:
+            diagonal = exact_diagonal_from_rows(n, _hessian_rows(model, x, y, loss, np.arange(n)),
+                                                lambda: _hvp_operator(model, x, y, loss))
     elif method == "hutchinson":
         diagonal = hutchinson_diagonal(_hvp_operator(model, x, y, loss), n, samples, seed)
     else:
-        selected = range(len(trainable_parameters(model)))
-        diagonal = fisher_diagonal(_per_sample_gradients(model, x, y, loss, batch_size,
-                                                         selected), n, len(x))
+        diagonal = closed_form_diagonal(model, x, y, loss, "fisher", batch_size)
+        if diagonal is None:
+            selected = range(len(trainable_parameters(model)))
+            diagonal = fisher_diagonal(_per_sample_gradients(model, x, y, loss, batch_size,
+                                                             selected), n, len(x))
     return _unflatten(model, diagonal)
 
 
