@@ -396,7 +396,7 @@ def test_chapters_offer_their_notebook_and_no_outside_launch(book_html):
 # modules that define names come before those that re-export them.
 NEUTRAL_MODULES = tuple(f"companion.core.{name}" for name in (
     "checks", "batches", "runtime", "layout", "models", "training", "diagnostics",
-    "clipping", "pruning", "distributed", "curvature", "diagonals", "schedules", "attention",
+    "clipping", "pruning", "distributed", "curvature", "obs", "diagonals", "schedules", "attention",
     "mask_io")) + ("companion.experiments",)
 
 

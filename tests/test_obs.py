@@ -20,7 +20,7 @@ saliencies tie to 1e-7 at the threshold, which these fixed seeds do not have.
 import numpy as np
 import pytest
 
-from companion.core import curvature as core_curvature
+from companion.core import obs as core_obs
 from companion import tensorflow as ctf
 from companion import torch as ct
 from numpy_reference import assert_arrays_close, assert_weights_equal, float64_mlp
@@ -43,7 +43,7 @@ def test_woodbury_block_inverse_equals_the_dense_inverse_per_block(rng, rank):
     block is inv(lambda I + (1/N) G_b^T G_b), whatever the number of examples per update."""
     n, count, block, damping = 10, 37, 4, 0.1
     g = rng.standard_normal((count, n))
-    inverse = core_curvature.woodbury_block_inverse([g[:10], g[10:30], g[30:]], n, count, block,
+    inverse = core_obs.woodbury_block_inverse([g[:10], g[10:30], g[30:]], n, count, block,
                                                   damping, rank=rank)
     assert inverse.shape == (3, 4, 4)
     for b, start in enumerate(range(0, n, block)):
@@ -63,17 +63,17 @@ def test_woodbury_rank_one_updates_are_the_textbook_formula(rng):
     for row in g:
         u = expected @ row
         expected = expected - np.outer(u, u) / (6 + row @ u)
-    np.testing.assert_allclose(core_curvature.woodbury_block_inverse([g], 5, 6, 5, 0.5, 1)[0],
+    np.testing.assert_allclose(core_obs.woodbury_block_inverse([g], 5, 6, 5, 0.5, 1)[0],
                                expected, rtol=1e-12)
 
 
 def test_woodbury_checks_its_examples(rng):
     g = rng.standard_normal((5, 4))
     with pytest.raises(ValueError, match="hold 5 examples, num_samples is 6"):
-        core_curvature.woodbury_block_inverse([g], 4, 6, 2, 0.1)
+        core_obs.woodbury_block_inverse([g], 4, 6, 2, 0.1)
     g[3, 1] = np.nan
     with pytest.raises(ValueError, match="examples 0..4 contain nan or inf"):
-        core_curvature.woodbury_block_inverse([g], 4, 5, 2, 0.1)
+        core_obs.woodbury_block_inverse([g], 4, 5, 2, 0.1)
 
 
 def _random_spd(rng, n):
@@ -88,19 +88,19 @@ def test_obs_update_is_the_multi_weight_formula(rng):
     q = [1, 4, 7]
     pruned = np.isin(np.arange(9), q)
     z = np.linalg.solve(inverse[np.ix_(q, q)], w[q])
-    new, increase = core_curvature.obs_update(w, inverse, pruned)
+    new, increase = core_obs.obs_update(w, inverse, pruned)
     np.testing.assert_array_equal(new[q], 0.0)
     keep = ~pruned
     np.testing.assert_allclose(new[keep], (w - inverse[:, q] @ z)[keep], rtol=1e-12)
     assert increase == pytest.approx(0.5 * w[q] @ z, rel=1e-12)
-    assert core_curvature.obs_saliency(w, inverse)[4] == pytest.approx(
+    assert core_obs.obs_saliency(w, inverse)[4] == pytest.approx(
         w[4] ** 2 / (2 * inverse[4, 4]))
 
     w = rng.standard_normal(10)
     blocks = np.stack([_random_spd(rng, 4) for _ in range(3)])
     pruned = np.zeros(10, bool)
     pruned[[0, 2, 3, 9]] = True  # two blocks touched, one (weights 4..7) not
-    new, increase = core_curvature.obs_update(w, blocks, pruned)
+    new, increase = core_obs.obs_update(w, blocks, pruned)
     expected, total = w.copy(), 0.0
     for b in range(3):
         index = np.arange(4 * b, min(4 * b + 4, 10))
@@ -158,9 +158,9 @@ def test_obs_predicts_the_real_loss_increase_on_a_quadratic(backend):
     theta = np.concatenate([w.ravel() for w in backend.get_weights(model)])
     minimum = loss_of(backend, model, x, y)
     inverse = np.linalg.inv(backend.hessian(model, x, y, loss="mse"))
-    saliency = core_curvature.obs_saliency(theta, inverse)
+    saliency = core_obs.obs_saliency(theta, inverse)
     for pruned in [np.arange(6) == q for q in range(5)] + [np.isin(np.arange(6), [0, 3])]:
-        new, predicted = core_curvature.obs_update(theta, inverse, pruned)
+        new, predicted = core_obs.obs_update(theta, inverse, pruned)
         assert np.all(new[pruned] == 0.0)
         real = loss_of(backend, model, x, y, new) - minimum
         assert real == pytest.approx(predicted, rel=1e-8)
@@ -185,10 +185,10 @@ def test_loss_increase_orders_obs_below_obd_below_magnitude(backend):
 
     q_obd = chosen(backend.obd_scores(model, x, y, method="exact", loss="mse"))
     q_magnitude = chosen(backend.magnitude_scores(model))
-    q_obs = int(np.argmin(core_curvature.obs_saliency(theta, inverse)[:5]))
+    q_obs = int(np.argmin(core_obs.obs_saliency(theta, inverse)[:5]))
     assert (q_obs, q_obd, q_magnitude) == (0, 0, 1)  # the same weight, different updates
 
-    new, _ = core_curvature.obs_update(theta, inverse, np.arange(6) == q_obs)
+    new, _ = core_obs.obs_update(theta, inverse, np.arange(6) == q_obs)
     obs = loss_of(backend, model, x, y, new) - minimum
     increases = {}
     for name, q in (("obd", q_obd), ("magnitude", q_magnitude)):

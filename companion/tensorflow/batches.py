@@ -103,3 +103,14 @@ def _step_count(x, y, batch_size, epochs):
     if y is not None:
         return epochs * math.ceil(len(x) / batch_size)
     return epochs * len(x) if hasattr(x, "__len__") else None
+
+
+def _data(model, x, y, loss):
+    """Check ``loss`` and ``(x, y)``; return them as tensors like the variables, or a data
+    source as it is (with ``y = None``), to be read batch by batch."""
+    loss = check_loss(loss)
+    if check_data_source(x, y):
+        return x, None
+    x, y = check_model_data(model, x, y, loss)
+    like = trainable_parameters(model)[0]
+    return as_tensor(x, like), as_tensor(y, like)

@@ -1,4 +1,5 @@
-"""Curvature of the loss and second-order pruning, TensorFlow (Keras 3) back end.
+"""Curvature of the loss (Hessian-vector products and what is built on them) and OBD
+scores, TensorFlow (Keras 3) back end; Optimal Brain Surgeon is in :mod:`companion.tensorflow.obs`.
 
 Every quantity is about the mean loss ``L(θ)`` of :func:`loss_value` on ``(x, y)``, in the
 model's dtype: a model built while ``keras.config.set_dtype_policy("float64")`` is in force
@@ -21,36 +22,22 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ..core.checks import (check_loss, check_matching_shapes, check_positive,
-                           check_positive_int, check_sparsity)
-from ..core.curvature import (check_hessian_size, check_method, check_obs_memory, check_seed,
-                              fisher_diagonal, hutchinson_diagonal, obs_prune_arrays,
-                              power_iteration)
-from .batches import _batch_mean, check_data_source
+from ..core.checks import check_matching_shapes, check_positive, check_positive_int
+from ..core.curvature import (check_hessian_size, check_method, check_seed,
+                              fisher_diagonal, hutchinson_diagonal, power_iteration)
+from .batches import _batch_mean, _data, _mean_loss
 from .diagonals import closed_form_diagonal, exact_diagonal_from_rows
-from .layout import (_canonical_order, _flatten, from_canonical, get_weights, parameter_names,
-                     set_weights, trainable_parameters, _unflatten)
-from .pruning import _prunable
-from .runtime import as_tensor, compiled_for
-from .training import _mean_loss, _per_sample_gradients, check_model_data
+from .layout import (_canonical_order, _flatten, _unflatten, parameter_names,
+                     trainable_parameters)
+from .obs import _per_sample_gradients
+from .runtime import compiled_for
 
 __all__ = ["hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
-           "obd_scores", "obs_prune"]
+           "obd_scores"]
 
 # Rows of the Hessian computed per Jacobian call: at most this many bytes at once.
 _ROW_CHUNK_BYTES = 2**25
 _ZERO = tf.UnconnectedGradients.ZERO
-
-
-def _data(model, x, y, loss):
-    """Check ``loss`` and ``(x, y)``; return them as tensors like the variables, or a data
-    source as it is (with ``y = None``), to be read batch by batch."""
-    loss = check_loss(loss)
-    if check_data_source(x, y):
-        return x, None
-    x, y = check_model_data(model, x, y, loss)
-    like = trainable_parameters(model)[0]
-    return as_tensor(x, like), as_tensor(y, like)
 
 
 def _dense(gradients) -> list:
@@ -373,76 +360,3 @@ def obd_scores(model, x, y, method: str = "exact", samples: int = 100, seed: int
             for d, v in zip(diagonal, trainable_parameters(model))]
 
 
-def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: int = 128,
-              loss: str = "cross_entropy", batch_size: int = 256,
-              max_bytes: float = 2**30) -> list:
-    """One-shot Optimal Brain Surgeon pruning with a block-diagonal empirical Fisher.
-
-    OBS (Hassibi & Stork 1993) removes the weights whose removal costs least to second order
-    and moves the remaining weights to compensate. The Hessian is replaced by the damped
-    empirical Fisher ``F = damping I + (1/N) sum_i g_i g_i^T`` of the eligible weights
-    (variables that :func:`companion.core.pruning.is_weight` calls weights, as in
-    :func:`masks_from_scores`, flattened in
-    the canonical order), kept in diagonal blocks of ``block_size`` consecutive weights and
-    inverted by Woodbury updates starting from ``I / damping`` (WoodFisher, Singh & Alistarh
-    2020; see :func:`companion.core.curvature.woodbury_block_inverse`). Then:
-
-    1. every eligible weight gets the OBS saliency ``w_q^2 / (2 [F^-1]_qq)``, and the
-       ``round(sparsity * n)`` lowest over all eligible weights are pruned (global ranking,
-       ties broken by position, exactly as :func:`masks_from_scores`);
-    2. within each block, the exact multi-weight OBS update for the set ``Q`` pruned in that
-       block, ``dw = -F^-1[:, Q] (F^-1[Q, Q])^-1 w_Q``, is added to the block's weights
-       (:func:`companion.core.curvature.obs_update`; weights do not compensate across
-       blocks); pruned weights are then exactly zero.
-
-    The ranking uses single-weight saliencies (WoodFisher's choice), while the update
-    accounts for the correlations among the weights pruned together in a block. Biases are
-    neither pruned nor updated. Per-sample gradients are vectorised (a batch Jacobian),
-    ``batch_size`` examples at a time. The model is updated in place; every argument is
-    checked first, and on any error the model is unchanged.
-
-    Args:
-        model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
-        y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
-        sparsity: the fraction of eligible weights to remove, a number in ``[0, 1)``.
-        damping: ``lambda`` of ``F``, a finite number > 0; large values make the saliency
-            ``~ lambda w^2 / 2`` and the update ``~ 0``, i.e. magnitude pruning.
-        block_size: weights per diagonal block, an integer >= 1. Time grows about
-            linearly with it, memory as ``n * block_size``.
-        loss: ``"cross_entropy"`` or ``"mse"``.
-        batch_size: examples per vectorised chunk of per-sample gradients (memory only).
-        max_bytes: refuse (before any work) if the estimated working memory
-            (:func:`companion.core.curvature.check_obs_memory`) exceeds it; default 1 GiB.
-
-    Returns:
-        the masks, as :func:`masks_from_scores` gives them (a 0/1 tensor per weight, ``None``
-        for biases).
-
-    Raises:
-        ValueError: ``sparsity`` outside ``[0, 1)``, ``damping`` not a finite number > 0,
-            ``block_size`` or ``batch_size`` not an integer >= 1, a model without weight
-            matrices, too much memory needed, an unknown loss, bad ``(x, y)``, or non-finite
-            gradients. Nothing is changed.
-        TypeError: ``sparsity`` or ``damping`` not a number.
-    """
-    sparsity = check_sparsity(sparsity)
-    damping = check_positive("damping", damping)
-    block_size = check_positive_int("block_size", block_size)
-    batch_size = check_positive_int("batch_size", batch_size)
-    x, y = _data(model, x, y, loss)
-    variables = trainable_parameters(model)
-    eligible = _prunable(model)
-    if not any(eligible):
-        raise ValueError("obs_prune needs weights (parameters with two or more dimensions, "
-                         "not named bias); the model has none")
-    n = sum(int(np.prod(v.shape, dtype=np.int64)) for v, ok in zip(variables, eligible) if ok)
-    count = int(x.shape[0])
-    check_obs_memory(n, block_size, min(batch_size, count), max_bytes)
-    chunks = _per_sample_gradients(model, x, y, loss, batch_size,
-                                   [i for i, ok in enumerate(eligible) if ok])
-    weights, masks = obs_prune_arrays(get_weights(model), eligible, chunks, count, sparsity,
-                                      damping, block_size)
-    masks = from_canonical(model, masks)
-    set_weights(model, weights)
-    return masks

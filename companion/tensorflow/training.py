@@ -27,7 +27,7 @@ from .batches import (_batch_mean, _batches, _mean_loss, _numpy, _step_count,
                       is_data_source)
 from .clipping import Clip, clip_function
 from .diagnostics import total_norm
-from .layout import _canonical_order, parameter_names, trainable_parameters
+from .layout import parameter_names, trainable_parameters
 from .runtime import as_tensor, compiled_for
 
 __all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", "train"]
@@ -402,42 +402,3 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     return history
 
 
-def _example_losses(output: tf.Tensor, target: tf.Tensor, loss: str) -> tf.Tensor:
-    """Each example's own loss (its term of :func:`loss_value`'s mean), a vector."""
-    if loss == "cross_entropy":
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(target, output)
-    squared = tf.square(output - tf.reshape(target, tf.shape(output)))
-    return tf.reduce_mean(tf.reshape(squared, [tf.shape(output)[0], -1]), axis=1)
-
-
-def _per_sample_function(model, loss: str, selected: tuple):
-    """A ``tf.function`` ``(x, y) -> (k, n_selected)`` per-sample gradients, Keras order."""
-    variables = [trainable_parameters(model)[i] for i in selected]
-
-    def make():
-        @tf.function(reduce_retracing=True)
-        def per_sample_gradients(x, y):
-            with tf.GradientTape() as tape:
-                losses = _example_losses(model(x, training=False), y, loss)
-            jacobian = tape.jacobian(losses, variables,
-                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return tf.concat([tf.reshape(j, [tf.shape(x)[0], -1]) for j in jacobian], 1)
-
-        return per_sample_gradients
-
-    return compiled_for(model, ("per_sample", loss, selected), make)
-
-
-def _per_sample_gradients(model, x, y, loss: str, batch_size: int, selected):
-    """Yield per-sample gradients of the variables ``selected`` (indices), as NumPy arrays
-    ``(k, n_selected)`` in the canonical flattening order, ``batch_size`` examples at a time.
-
-    Row ``i`` is the gradient of example ``i``'s own loss (its term of the mean), computed
-    for a whole chunk at once as the Jacobian of the per-example losses.
-    """
-    selected = tuple(selected)
-    order = _canonical_order(model, selected)
-    function = _per_sample_function(model, loss, selected)
-    for start in range(0, int(x.shape[0]), batch_size):
-        yield function(x[start:start + batch_size], y[start:start + batch_size]).numpy()[
-            :, order]

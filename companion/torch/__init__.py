@@ -7,7 +7,8 @@ from ..core.pruning import CompressedSize
 from .clipping import (adaptive_clip, clip_by_global_norm, clip_by_norm, clip_by_value,
                        clip_function, clip_grads_)
 from .curvature import (hessian, hessian_diagonal, hutchinson_trace, hvp, obd_scores,
-                        obs_prune, top_eigenvalue)
+                        top_eigenvalue)
+from .obs import obs_prune
 from .diagonals import ggn_diagonal
 from .diagnostics import (GradientMonitor, global_norm, layer_norms, parameter_norms,
                           total_norm)

@@ -363,26 +363,3 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     return history
 
 
-def _per_sample_gradients(model, x, y, loss: str, batch_size: int, selected):
-    """Yield per-sample gradients of the parameters ``selected`` (indices), as NumPy arrays
-    ``(k, n_selected)`` in the canonical flattening order, ``batch_size`` examples at a time.
-
-    Row ``i`` is the gradient of example ``i``'s own loss (its term of the mean), computed
-    for a whole chunk at once by ``vmap(grad(...))`` over ``functional_call``.
-    """
-    names = parameter_names(model)
-    params = trainable_parameters(model)
-    chosen = {names[i]: params[i].detach() for i in selected}
-
-    def example_loss(weights, xi, yi):
-        return _mean_loss(torch.func.functional_call(model, weights, (xi.unsqueeze(0),)),
-                          yi.unsqueeze(0), loss)
-
-    per_example = torch.func.vmap(torch.func.grad(example_loss), in_dims=(None, 0, 0))
-    for start in range(0, len(x), batch_size):
-        with torch.no_grad():  # torch.func.grad still differentiates; nothing else records
-            grads = per_example(chosen, x[start:start + batch_size],
-                                y[start:start + batch_size])
-        count = min(batch_size, len(x) - start)
-        yield torch.cat([grads[names[i]].reshape(count, -1) for i in selected],
-                        1).cpu().numpy()
