@@ -285,3 +285,32 @@ def test_gradual_pruning_on_a_source_repeats_it_on_the_arrays(framework):
     snip = backend.prune_gradually(backend.mlp(SIZES, seed=12), Batches(X, LABELS, 16), None,
                                    "snip", schedule, **settings)
     assert snip.steps == [1, 5, 9] and snip.pruned[-1] == pytest.approx(0.6, abs=0.01)
+
+
+@pytest.mark.parametrize("framework", SOURCES)
+@pytest.mark.parametrize("method", ["exact", "fisher", "hutchinson"])
+def test_diagonals_and_obd_read_a_source(framework, method):
+    backend, framework_source = SOURCES[framework]
+    model = backend.mlp(SIZES, seed=13)
+    settings = dict(method=method, samples=3)
+    assert_close(backend.hessian_diagonal(model, framework_source(LABELS, size=24), **settings),
+                 backend.hessian_diagonal(model, X, LABELS, **settings))
+    assert_close(backend.obd_scores(model, framework_source(LABELS, size=24), **settings),
+                 backend.obd_scores(model, X, LABELS, **settings))
+
+
+@pytest.mark.parametrize("framework", SOURCES)
+def test_obs_from_a_source_prunes_as_from_the_arrays(framework):
+    backend, framework_source = SOURCES[framework]
+    streamed, whole = backend.mlp(SIZES, seed=14), backend.mlp(SIZES, seed=14)
+    masks = backend.obs_prune(streamed, framework_source(LABELS, size=24), sparsity=0.5,
+                              block_size=8, batch_size=10)
+    expected = backend.obs_prune(whole, X, LABELS, 0.5, block_size=8, batch_size=10)
+    for mine, theirs in zip(masks, expected, strict=True):
+        assert (mine is None) == (theirs is None)
+        if mine is not None:
+            np.testing.assert_array_equal(numpy(mine), numpy(theirs))
+    assert_close(backend.get_weights(streamed), backend.get_weights(whole), rtol=1e-4,
+                 atol=1e-6)
+    with pytest.raises(TypeError, match="needs sparsity"):
+        backend.obs_prune(whole, X, LABELS)

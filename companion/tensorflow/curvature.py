@@ -201,8 +201,8 @@ def hessian(model, x, y=None, loss: str = "cross_entropy",
                                                                 np.arange(n))])
 
 
-def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, seed: int = 0,
-                     loss: str = "cross_entropy", batch_size: int = 256) -> list:
+def hessian_diagonal(model, x, y=None, method: str = "exact", samples: int = 100,
+                     seed: int = 0, loss="cross_entropy", batch_size: int = 256) -> list:
     """The diagonal ``H_qq`` of the Hessian of the mean loss, exactly or estimated.
 
     * ``"exact"``: by the closed form, one backward pass, on a chain of dense (and conv)
@@ -221,12 +221,14 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (``y`` is then ``None``), read one
+            batch at a time: the diagonal is the batch-size-weighted mean of the batches'.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         method: ``"exact"``, ``"hutchinson"`` or ``"fisher"``.
         samples: the number of probes for ``"hutchinson"``, an integer >= 1.
         seed: seed of the probes, an integer >= 0.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
         batch_size: examples per chunk for ``"fisher"`` and closed forms (memory only).
 
     Returns:
@@ -242,6 +244,9 @@ def hessian_diagonal(model, x, y, method: str = "exact", samples: int = 100, see
     seed = check_seed(seed)
     batch_size = check_positive_int("batch_size", batch_size)
     x, y = _data(model, x, y, loss)
+    if y is None:  # a data source: the batches' diagonals (same probes), weighted by size
+        return _batch_mean(lambda xb, yb: hessian_diagonal(
+            model, xb, yb, method, samples, seed, loss, batch_size), x, loss)
     n = _parameter_count(model)
     if method == "exact":
         diagonal = closed_form_diagonal(model, x, y, loss, "hessian", batch_size)
@@ -330,8 +335,8 @@ def top_eigenvalue(model, x, y=None, iterations: int = 100, tol: float = 1e-6, s
     return eigenvalue
 
 
-def obd_scores(model, x, y, method: str = "exact", samples: int = 100, seed: int = 0,
-               loss: str = "cross_entropy", batch_size: int = 256) -> list:
+def obd_scores(model, x, y=None, method: str = "exact", samples: int = 100,
+               seed: int = 0, loss="cross_entropy", batch_size: int = 256) -> list:
     """Optimal Brain Damage saliency ``s_q = 1/2 H_qq w_q^2`` (LeCun et al. 1990).
 
     The loss increase, to second order at a minimum and ignoring the Hessian's off-diagonal
@@ -341,12 +346,14 @@ def obd_scores(model, x, y, method: str = "exact", samples: int = 100, seed: int
 
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``tf.data.Dataset`` (``y`` is then ``None``), read one
+            batch at a time: the diagonal is the batch-size-weighted mean of the batches'.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         method: ``"exact"``, ``"hutchinson"`` or ``"fisher"`` (see :func:`hessian_diagonal`).
         samples: the number of probes for ``"hutchinson"``, an integer >= 1.
         seed: seed of the probes, an integer >= 0.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
         batch_size: examples per vectorised chunk for ``"fisher"`` (bounds memory only).
 
     Returns:

@@ -282,9 +282,9 @@ def train(model, x, y=None, *, epochs: int, lr: float | None = None,
     ``||g||_2`` (and hands ``g`` to ``monitor``), applies ``clip`` if given, and takes an
     optimizer step: SGD ``v <- momentum v + g; θ <- θ - lr v`` (Keras' equivalent form),
     Adam, or the caller's own ``keras.optimizers.Optimizer`` (its learning rate, momentum
-    and schedule are its own, so ``lr`` and ``momentum`` stay unset). With ``masks`` the pruned entries stay exactly zero: masked before training,
-    their gradients zeroed before each step (so optimizer state stays zero there) and
-    re-masked after it.
+    and schedule are its own, so ``lr`` and ``momentum`` stay unset). With ``masks`` the
+    pruned entries stay exactly zero: masked before training, their gradients zeroed before
+    each step (so optimizer state stays zero there) and re-masked after it.
 
     Adam is each framework's own (``torch.optim.Adam``, ``keras.optimizers.Adam``); they
     add epsilon at different places, so Adam runs agree across back ends only to about

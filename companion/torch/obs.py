@@ -71,8 +71,8 @@ def _looped_gradients(model, x, y, loss, params) -> list:
 
 
 @measured_in_inference_mode
-def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: int = 128,
-              loss: str = "cross_entropy", batch_size: int = 256,
+def obs_prune(model, x, y=None, sparsity: float | None = None, damping: float = 1e-4,
+              block_size: int = 128, loss="cross_entropy", batch_size: int = 256,
               max_bytes: float = 2**30) -> list:
     """One-shot Optimal Brain Surgeon pruning with a block-diagonal empirical Fisher.
 
@@ -101,14 +101,16 @@ def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: i
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
-        x: the inputs, an array-like with one example per row (axis 0).
+        x: the inputs, an array-like with one example per row (axis 0), or a data source
+            of ``(x, y)`` batches such as a ``DataLoader`` (``y`` is then ``None``): read once to
+            count the examples, then once more for their gradients, a batch at a time.
         y: class labels (``"cross_entropy"``) or targets (``"mse"``), as in :func:`loss_value`.
         sparsity: the fraction of eligible weights to remove, a number in ``[0, 1)``.
         damping: ``lambda`` of ``F``, a finite number > 0; large values make the saliency
             ``~ lambda w^2 / 2`` and the update ``~ 0``, i.e. magnitude pruning.
         block_size: weights per diagonal block, an integer >= 1. Time grows about
             linearly with it, memory as ``n * block_size``.
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: ``"cross_entropy"``, ``"mse"`` or a loss function (see :func:`loss_value`).
         batch_size: examples per vectorised chunk of per-sample gradients (memory only).
         max_bytes: refuse (before any work) if the estimated working memory
             (:func:`companion.core.obs.check_obs_memory`) exceeds it; default 1 GiB.
@@ -124,6 +126,8 @@ def obs_prune(model, x, y, sparsity: float, damping: float = 1e-4, block_size: i
             gradients. Nothing is changed.
         TypeError: ``sparsity`` or ``damping`` not a number.
     """
+    if sparsity is None:
+        raise TypeError("obs_prune needs sparsity, the fraction of weights to prune")
     sparsity = check_sparsity(sparsity)
     damping = check_positive("damping", damping)
     block_size = check_positive_int("block_size", block_size)
