@@ -36,7 +36,26 @@ def clip_by_value(grads, clip_value: float) -> list:
     """
     c = check_positive("clip_value", clip_value)
     grads = check_tensor_list("grads", grads)
-    return [None if g is None else tf.clip_by_value(g, -c, c) for g in grads]
+    return [None if g is None else _clipped_values(g, c) for g in grads]
+
+
+def _clipped_values(g, c: float):
+    """``g`` with every entry clipped into ``[-c, c]``; a ``tf.IndexedSlices`` stays sparse,
+    its rows with repeated indices summed first (the gradient's entries are the sums)."""
+    if isinstance(g, tf.IndexedSlices):
+        unique, position = tf.unique(g.indices)
+        rows = tf.math.unsorted_segment_sum(g.values, position, tf.shape(unique)[0])
+        return tf.IndexedSlices(tf.clip_by_value(rows, -c, c), unique, g.dense_shape)
+    return tf.clip_by_value(g, -c, c)
+
+
+def _scaled(g, scale: tf.Tensor):
+    """``g * scale`` in ``g``'s dtype; a ``tf.IndexedSlices`` stays sparse (its values
+    scaled), as in ``tf.clip_by_global_norm``."""
+    if isinstance(g, tf.IndexedSlices):
+        return tf.IndexedSlices(g.values * tf.cast(scale, g.values.dtype), g.indices,
+                                g.dense_shape)
+    return g * tf.cast(scale, g.dtype)
 
 
 def _scale_to(norm: tf.Tensor, max_norm: float) -> tf.Tensor:
@@ -63,8 +82,7 @@ def clip_by_norm(grads, max_norm: float) -> list:
     """
     c = check_positive("max_norm", max_norm)
     grads = check_tensor_list("grads", grads)
-    return [None if g is None else g * tf.cast(_scale_to(_norm64(g, 2.0), c), g.dtype)
-            for g in grads]
+    return [None if g is None else _scaled(g, _scale_to(_norm64(g, 2.0), c)) for g in grads]
 
 
 def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
@@ -108,7 +126,7 @@ def clip_by_global_norm(grads, max_norm: float, norm_type: float = 2.0,
         else:
             total = tf.debugging.assert_all_finite(total, nonfinite_norm_message("not finite", p))
     scale = _scale_to(total, c)
-    return [None if g is None else g * tf.cast(scale, g.dtype) for g in grads], total
+    return [None if g is None else _scaled(g, scale) for g in grads], total
 
 
 def _unit_norms(x: tf.Tensor) -> tf.Tensor:
@@ -152,6 +170,7 @@ def adaptive_clip(grads, params, clipping: float = 0.01, eps: float = 1e-3) -> l
         if g is None:
             clipped.append(None)
             continue
+        g = tf.convert_to_tensor(g)  # unit-wise: an Embedding's IndexedSlices made dense
         max_norm = lam * tf.maximum(_unit_norms(tf.convert_to_tensor(w)),
                                     tf.constant(eps, tf.float64))
         g_norm = _unit_norms(g)

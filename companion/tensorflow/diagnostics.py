@@ -14,16 +14,32 @@ __all__ = ["total_norm", "global_norm", "parameter_norms", "layer_norms", "Gradi
 
 
 def _tensor_norm(g: tf.Tensor, norm_type: float) -> tf.Tensor:
+    """``||g||_p``, with derivative 0 at ``g = 0`` (where ``sum |g|^p`` is 0, the root's
+    derivative would be infinite and the chain rule give ``nan``; PyTorch's norm has the
+    same zero subgradient there)."""
     g = tf.abs(tf.reshape(g, [-1]))
     if math.isinf(norm_type):
         return tf.reduce_max(g) if g.shape[0] else tf.zeros([], g.dtype)
-    return tf.reduce_sum(g ** norm_type) ** (1.0 / norm_type)
+    total = tf.reduce_sum(g ** norm_type)
+    positive = total > 0
+    # not positive: 0, or nan (which must stay nan); the root only where it is safe
+    return tf.where(positive, tf.where(positive, total, 1) ** (1.0 / norm_type), total)
+
+
+def _dense_rows(g):
+    """The entries of a gradient: a tensor as it is; for ``tf.IndexedSlices`` (an
+    ``Embedding``'s), its rows with repeated indices summed, without forming the dense
+    tensor: the norm of the gradient, not of the slices."""
+    if not isinstance(g, tf.IndexedSlices):
+        return g
+    unique, position = tf.unique(g.indices)
+    return tf.math.unsorted_segment_sum(g.values, position, tf.shape(unique)[0])
 
 
 def _norm64(g, norm_type: float) -> tf.Tensor:
     """``||g||_p`` computed in float64, so float32 entries near 1e30 or 1e-30 do not
     overflow or underflow on the way."""
-    return _tensor_norm(tf.cast(tf.convert_to_tensor(g), tf.float64), norm_type)
+    return _tensor_norm(tf.cast(_dense_rows(g), tf.float64), norm_type)
 
 
 def _tensor_norms(grads, norm_type: float) -> list:
