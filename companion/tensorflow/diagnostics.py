@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from ..core.checks import check_positive
-from ..core.diagnostics import GradientNormRecorder, layer_norms_from, norm_of_norms
+from ..core.diagnostics import GradientNormRecorder, layer_norms_from
 from .layout import parameter_names
 
 __all__ = ["total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
@@ -48,21 +49,50 @@ def _tensor_norms(grads, norm_type: float) -> list:
     return tf.stack(norms).numpy().tolist() if norms else []
 
 
+@tf.function(reduce_retracing=True)
+def _fast_global_norm(grads):
+    """``tf.linalg.global_norm`` (the 2-norm ``tf.clip_by_global_norm`` computes), compiled
+    once per list of shapes: eagerly, one call instead of an op per tensor."""
+    return tf.linalg.global_norm(grads)
+
+
+def _trustworthy(norm: tf.Tensor, dtype) -> tf.Tensor:
+    """Whether a norm computed in the gradients' own ``dtype`` can be kept: finite, and not
+    so small that the entries' squares may have underflowed (below ``sqrt(tiny) / eps``,
+    about 1e-12 in float32; a zero gradient takes the exact path too, which gives 0)."""
+    info = np.finfo(dtype.as_numpy_dtype)
+    return tf.math.is_finite(norm) & (norm > float(info.tiny) ** 0.5 / info.eps)
+
+
 def total_norm(grads, norm_type: float = 2.0) -> tf.Tensor:
     """:func:`global_norm` as a 0-d float64 tensor; works inside ``tf.function`` too.
 
-    Computed in float64 throughout, so float32 gradients with entries near 1e30 (or 1e-30)
-    neither overflow nor underflow.
+    Fast path, for dense gradients of one float dtype and the 2-norm:
+    ``tf.linalg.global_norm`` in the gradients' own dtype, compiled. Its result is kept
+    unless it is not finite or so small that it may have underflowed; then the norm is
+    computed again in float64 throughout, so float32 gradients with entries near 1e30 (or
+    1e-30) neither overflow nor underflow, and a gradient that is really not finite still
+    gives ``inf`` or ``nan``. Sparse gradients (``tf.IndexedSlices``) take the float64 path,
+    with their repeated rows summed.
 
     Args:
         grads: gradients, each a tensor or ``None`` (skipped).
         norm_type: the order ``p`` of the norm, a number > 0 or ``inf``; not checked here
             (:func:`global_norm` checks it).
     """
-    norms = [_norm64(g, norm_type) for g in grads if g is not None]
-    if not norms:
+    grads = [g for g in grads if g is not None]
+    if not grads:
         return tf.zeros([], tf.float64)
-    return _tensor_norm(tf.stack(norms), norm_type)
+
+    def exact():
+        return _tensor_norm(tf.stack([_norm64(g, norm_type) for g in grads]), norm_type)
+
+    dtypes = {g.dtype for g in grads}
+    if norm_type != 2.0 or len(dtypes) != 1 or not grads[0].dtype.is_floating or any(
+            isinstance(g, tf.IndexedSlices) for g in grads):
+        return exact()
+    fast = tf.cast(_fast_global_norm(grads), tf.float64)
+    return tf.cond(_trustworthy(fast, grads[0].dtype), lambda: fast, exact)
 
 
 def global_norm(grads, norm_type: float = 2.0) -> float:
@@ -80,7 +110,7 @@ def global_norm(grads, norm_type: float = 2.0) -> float:
         ValueError: ``norm_type`` is not a number > 0 (``inf`` allowed).
     """
     norm_type = check_positive("norm_type", norm_type, allow_inf=True)
-    return norm_of_norms(_tensor_norms(grads, norm_type), norm_type)
+    return float(total_norm(grads, norm_type))
 
 
 def parameter_norms(model, grads, norm_type: float = 2.0) -> dict:

@@ -189,7 +189,16 @@ def clip_grads_(model, clip) -> None:
     if clip is None:
         raise TypeError("clip must be a Clip(...) rule or a function grads -> grads, not None")
     params = trainable_parameters(model)
-    clipped = clip_function(clip, params)([p.grad for p in params])
+    grads = [p.grad for p in params]
+    if isinstance(clip, Clip) and clip.rule == "global_norm":
+        # In place, one factor for every tensor: no copy of the gradients is made.
+        scale = _scale_to(total_norm(grads, clip.norm_type), clip.threshold)
+        with torch.no_grad():
+            for grad in grads:
+                if grad is not None:
+                    grad.mul_(scale.to(grad.dtype))
+        return
+    clipped = clip_function(clip, params)(grads)
     with torch.no_grad():
         for param, grad in zip(params, clipped):
             if grad is not None:

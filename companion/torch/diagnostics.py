@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..core.checks import check_positive
-from ..core.diagnostics import GradientNormRecorder, layer_norms_from, norm_of_norms
+from ..core.diagnostics import GradientNormRecorder, layer_norms_from
 from .layout import parameter_names
 
 __all__ = ["total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor"]
@@ -25,20 +25,39 @@ def _tensor_norms(grads, norm_type: float) -> list:
     return torch.stack(norms).cpu().tolist() if norms else []
 
 
-def total_norm(grads, norm_type: float = 2.0) -> torch.Tensor:
-    """:func:`global_norm` as a 0-d float64 tensor on the gradients' device (no host sync).
+def _trustworthy(norm: torch.Tensor) -> bool:
+    """Whether a norm computed in its gradients' own dtype can be kept: finite, and not so
+    small that the entries' powers may have underflowed (below ``sqrt(tiny) / eps``, about
+    1e-12 in float32, an entry's square could be subnormal or 0 and lose digits; a zero
+    gradient takes the exact path too, which gives 0 for it)."""
+    info = torch.finfo(norm.dtype)
+    return bool(torch.isfinite(norm)) and bool(norm > info.tiny ** 0.5 / info.eps)
 
-    Computed in float64 throughout, so float32 gradients with entries near 1e30 (or 1e-30)
-    neither overflow nor underflow.
+
+def total_norm(grads, norm_type: float = 2.0) -> torch.Tensor:
+    """:func:`global_norm` as a 0-d float64 tensor on the gradients' device.
+
+    Fast path: ``torch.nn.utils.get_total_norm`` in the gradients' own dtype (what
+    ``clip_grad_norm_`` computes). Its result is kept unless it is not finite or so small
+    that it may have underflowed; then the norm is computed again in float64 throughout, so
+    float32 gradients with entries near 1e30 (or 1e-30) neither overflow nor underflow, and
+    a gradient that is really not finite still gives ``inf`` or ``nan``. The check costs one
+    host sync (none on the CPU).
 
     Args:
         grads: gradients, each a tensor or ``None`` (skipped).
         norm_type: the order ``p`` of the norm, a number > 0 or ``inf``; not checked here
             (:func:`global_norm` checks it).
     """
-    norms = [_norm64(g, norm_type) for g in grads if g is not None]
-    if not norms:
+    grads = [g.detach() for g in grads if g is not None]
+    if not grads:
         return torch.zeros((), dtype=torch.float64)
+    if (len({(g.dtype, g.device) for g in grads}) == 1 and grads[0].is_floating_point()
+            and all(g.numel() for g in grads)):
+        fast = torch.nn.utils.get_total_norm(grads, norm_type)
+        if _trustworthy(fast):
+            return fast.to(torch.float64)
+    norms = [_norm64(g, norm_type) for g in grads]
     return torch.linalg.vector_norm(torch.stack(norms), ord=norm_type)
 
 
@@ -57,7 +76,7 @@ def global_norm(grads, norm_type: float = 2.0) -> float:
         ValueError: ``norm_type`` is not a number > 0 (``inf`` allowed).
     """
     norm_type = check_positive("norm_type", norm_type, allow_inf=True)
-    return norm_of_norms(_tensor_norms(grads, norm_type), norm_type)
+    return float(total_norm(grads, norm_type))
 
 
 def parameter_norms(model, grads, norm_type: float = 2.0) -> dict:
