@@ -19,8 +19,8 @@ from .checks import check_positive, check_positive_int, check_sparsity
 from .curvature import _size
 from .pruning import lowest_score_masks
 
-__all__ = ["block_count", "check_obs_memory", "woodbury_block_inverse", "obs_saliency",
-           "obs_update", "obs_prune_arrays"]
+__all__ = ["block_count", "check_obs_memory", "woodbury_block_inverse",
+           "block_fisher_inverse", "obs_saliency", "obs_update", "obs_prune_arrays"]
 
 # Per-sample gradients enter the Woodbury update this many at a time (see
 # woodbury_block_inverse): rank-1 updates are memory-bound (the whole inverse is read and
@@ -120,16 +120,71 @@ def woodbury_block_inverse(gradient_chunks, n: int, num_samples: int, block_size
         seen += len(chunk)
         for start in range(0, len(chunk), rank):
             g = _blocks(np.asarray(chunk[start:start + rank], np.float64), padded, block_size)
-            # [woodbury-update]
             u = inverse @ g                                  # (nb, B, k): F^-1 G^T
             s = np.swapaxes(g, 1, 2) @ u                     # (nb, k, k): G F^-1 G^T
             s[:, np.arange(s.shape[1]), np.arange(s.shape[1])] += num_samples
             inverse -= u @ np.linalg.solve(s, np.swapaxes(u, 1, 2))
-            # [woodbury-update-end]
     if seen != num_samples:
         raise ValueError(f"the gradient chunks hold {seen} examples, num_samples is "
                          f"{num_samples}")
     return (inverse + np.swapaxes(inverse, 1, 2)) / 2
+
+
+def block_fisher_inverse(gradient_chunks, n: int, num_samples: int, block_size: int,
+                         damping: float) -> np.ndarray:
+    """Inverse of the damped empirical Fisher, block by block: each block formed by one
+    matrix product of the per-sample gradients, then inverted.
+
+    ``F_b = damping I + (1/N) G_b^T G_b`` for each diagonal block ``b`` of
+    ``B = block_size`` consecutive weights, ``G_b`` (``N x B``) the per-sample gradients'
+    columns of that block, accumulated chunk by chunk in float64 from products in the
+    gradients' own dtype (float32 products of float32 gradients: a relative error of
+    about ``1e-7`` per entry, far below ``damping``); then every block is inverted at once
+    (batched Cholesky). The same matrix as :func:`woodbury_block_inverse` builds by
+    rank-``k`` updates, with about half the arithmetic, in large matrix products:
+    ``N B^2`` per block for the products and ``B^3 / 3`` for the inverse. Memory: the
+    blocks, ``nb B^2`` float64 entries, and one chunk.
+
+    Args:
+        gradient_chunks, n, num_samples, block_size, damping: as in
+            :func:`woodbury_block_inverse`.
+
+    Returns:
+        an array ``(nb, B, B)``: block ``b`` is the inverse of ``F`` restricted to weights
+        ``bB .. bB + B - 1``.
+
+    Raises:
+        ValueError: as :func:`woodbury_block_inverse`.
+    """
+    block_size = check_positive_int("block_size", block_size)
+    num_samples = check_positive_int("num_samples", num_samples)
+    damping = check_positive("damping", damping)
+    blocks = block_count(n, block_size)
+    padded = blocks * block_size
+    fisher = np.zeros((blocks, block_size, block_size))
+    seen = 0
+    for chunk in gradient_chunks:
+        chunk = np.asarray(chunk)
+        if chunk.ndim != 2 or chunk.shape[1] != n:
+            raise ValueError(f"gradient chunks must have shape (k, {n}), got {chunk.shape}")
+        if not np.all(np.isfinite(chunk)):
+            raise ValueError(f"the per-sample gradients of examples {seen}.."
+                             f"{seen + len(chunk) - 1} contain nan or inf")
+        seen += len(chunk)
+        if padded > n:
+            chunk = np.concatenate([chunk, np.zeros((len(chunk), padded - n), chunk.dtype)], 1)
+        # [fisher-blocks]
+        g = np.ascontiguousarray(  # (nb, k, B), contiguous for the batched product
+            chunk.reshape(len(chunk), blocks, block_size).transpose(1, 0, 2))
+        fisher += np.swapaxes(g, 1, 2) @ g  # G_b^T G_b, in the gradients' dtype
+        # [fisher-blocks-end]
+    if seen != num_samples:
+        raise ValueError(f"the gradient chunks hold {seen} examples, num_samples is "
+                         f"{num_samples}")
+    fisher /= num_samples
+    fisher[:, np.arange(block_size), np.arange(block_size)] += damping
+    lower_inverse = np.linalg.inv(np.linalg.cholesky(fisher))  # F = L L^T, F^-1 = L^-T L^-1
+    return np.swapaxes(lower_inverse, 1, 2) @ lower_inverse
 
 
 def _as_blocks(inverse, n: int) -> np.ndarray:
@@ -225,7 +280,7 @@ def obs_prune_arrays(weights, eligible, gradient_chunks, num_samples: int, spars
     """One-shot OBS pruning on canonical arrays: what ``obs_prune`` does in either back end.
 
     The eligible weights (``eligible[i]`` true), flattened in order, get the damped empirical
-    Fisher inverse of :func:`woodbury_block_inverse` from the per-sample gradients; the
+    Fisher inverse of :func:`block_fisher_inverse` from the per-sample gradients; the
     ``round(sparsity * n)`` weights of lowest :func:`obs_saliency` over all of them are
     removed (:func:`companion.core.pruning.lowest_score_masks`, global scope, ties broken by
     position), and :func:`obs_update` updates the others within their blocks.
@@ -250,8 +305,8 @@ def obs_prune_arrays(weights, eligible, gradient_chunks, num_samples: int, spars
     weights = [np.asarray(w) for w in weights]
     chosen = [i for i, ok in enumerate(eligible) if ok]
     flat = np.concatenate([weights[i].ravel() for i in chosen]).astype(np.float64)
-    inverse = woodbury_block_inverse(gradient_chunks, flat.size, num_samples, block_size,
-                                     damping)
+    inverse = block_fisher_inverse(gradient_chunks, flat.size, num_samples, block_size,
+                                   damping)
     saliency = obs_saliency(flat, inverse)
     offsets = np.cumsum([0] + [weights[i].size for i in chosen])
     scores = [None] * len(weights)
