@@ -15,8 +15,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 MATHJAX := book/_static/mathjax
-# Chapters, without extension: book/NAME.md is the text source, book/NAME.ipynb its outputs.
-CHAPTERS ?= $(basename $(wildcard book/ch[0-9]*.md))
+# Chapters and guides, without extension: book/NAME.md is the text source, book/NAME.ipynb
+# its outputs.
+CHAPTERS ?= $(basename $(wildcard book/ch[0-9]*.md book/guide_*.md))
 
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0

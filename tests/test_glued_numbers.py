@@ -23,7 +23,7 @@ import jupytext
 import pytest
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
-CHAPTERS = sorted(BOOK.glob("ch[0-9]*.md"))
+CHAPTERS = sorted([*BOOK.glob("ch[0-9]*.md"), *BOOK.glob("guide_*.md")])
 
 # Removed before scanning: they hold constants (math, code), references (roles, links,
 # labels) or markup, never a typed result.
@@ -107,7 +107,7 @@ def test_every_result_in_the_prose_is_glued(chapter):
         "typed_constants in the chapter's YAML header")
 
 
-NOTEBOOKS = sorted(BOOK.glob("ch[0-9]*.ipynb"))
+NOTEBOOKS = sorted([*BOOK.glob("ch[0-9]*.ipynb"), *BOOK.glob("guide_*.ipynb")])
 
 
 @pytest.mark.parametrize("notebook_path", NOTEBOOKS, ids=lambda p: p.stem)

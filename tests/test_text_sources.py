@@ -25,7 +25,8 @@ def test_every_chapter_has_a_text_source():
     assert NOTEBOOKS, f"no notebooks in {BOOK}"
     missing = [p.name for p in NOTEBOOKS if not p.with_suffix(".md").exists()]
     assert not missing, f"notebooks without a paired .md text source: {missing}"
-    orphans = [p.name for p in BOOK.glob("ch*.md") if not p.with_suffix(".ipynb").exists()]
+    orphans = [p.name for p in (*BOOK.glob("ch*.md"), *BOOK.glob("guide_*.md"))
+               if not p.with_suffix(".ipynb").exists()]
     assert not orphans, f"text sources without a notebook (run make outputs): {orphans}"
 
 
