@@ -8,7 +8,7 @@ a busy machine slows both alike and the ratio stays meaningful; the absolute tim
 not. Speed is measured here, never asserted in tests (tests check that each fast path
 gives the same numbers as the exact one).
 
-Usage: python tools/bench.py [--repeats 7] [--json FILE] [--only SECTION]
+Usage: python tools/bench.py [--repeats 7] [--only SECTION] [--json FILE] [--markdown FILE] [--only SECTION]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 import time
 
 import companion  # noqa: F401  (sets TensorFlow's environment, imports triton first)
+import keras
 import numpy as np
 import tensorflow as tf
 import torch
@@ -123,9 +124,17 @@ def training_rows(repeats: int) -> list:
             torch.nn.functional.cross_entropy(twin(xt[batch]), yt[batch]).backward()
             optimizer.step()
 
+    keras_model, keras_twin = (ctf.mlp([40, 300, 100, 10], seed=0) for _ in range(2))
+    keras_twin.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return [("ct.train, 1 epoch, MLP 40-300-100-10, batch 64", "plain PyTorch loop",
              *interleaved(lambda: ct.train(model, x, y, epochs=1, lr=0.01, batch_size=64,
-                                           progress=False), plain_loop, repeats))]
+                                           progress=False), plain_loop, repeats)),
+            ("ctf.train, the same", "Keras model.fit",
+             *interleaved(lambda: ctf.train(keras_model, x, y, epochs=1, lr=0.01,
+                                            batch_size=64, progress=False),
+                          lambda: keras_twin.fit(x, y, batch_size=64, epochs=1, verbose=0),
+                          repeats))]
 
 
 def curvature_rows(repeats: int) -> list:
@@ -222,18 +231,25 @@ def peak():
     with open("/proc/self/status") as status:
         return next(line.split()[1] for line in status if line.startswith("VmHWM"))
 mnist = data.load_mnist1d()
-model = backend.mlp([40, 300, 100, 10], seed=0)
+model = backend.mlp({sizes}, seed=0)
 start = time.perf_counter()
-backend.obs_prune(model, mnist.x_train, mnist.y_train, 0.9)
+backend.obs_prune(model, mnist.x_train[:{examples}], mnist.y_train[:{examples}], 0.9,
+                  max_bytes=2**32)
 print(time.perf_counter() - start, peak())
 """
 
+# (label, sizes, examples): the MLP of Chapters 3-4, and one of a million weights.
+OBS_CASES = [("MLP 40-300-100-10, 4,000 examples", [40, 300, 100, 10], 4000),
+             ("MLP 40-1024-1024-10 (1.09M weights), 1,000 examples", [40, 1024, 1024, 10],
+              1000)]
 
-def obs_prune_cost(framework: str) -> tuple:
+
+def obs_prune_cost(framework: str, sizes, examples: int) -> tuple:
     """Seconds and peak resident memory (MiB) of one ``obs_prune`` call, the first in a
     fresh process (TensorFlow's tracing included)."""
-    result = subprocess.run([sys.executable, "-c", OBS_PRUNE_CHILD.format(framework=framework)],
-                            capture_output=True, text=True, check=True)
+    code = OBS_PRUNE_CHILD.format(framework=framework, sizes=sizes, examples=examples)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
     seconds, peak = result.stdout.split()[-2:]
     return float(seconds), int(peak) / 1024
 
@@ -246,6 +262,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--markdown", help="also write the rows as a markdown table here")
     parser.add_argument("--only", choices=SECTIONS, help="run only this section")
     args = parser.parse_args(argv)
     rows = []
@@ -258,15 +275,33 @@ def main(argv=None) -> None:
                          "companion_s": mine, "anchor_s": theirs, "ratio": mine / theirs})
             print(f"{label:62s} {mine * 1e3:8.1f}ms {theirs * 1e3:8.1f}ms "
                   f"{mine / theirs:5.1f}x  {anchor_name}", flush=True)
-    for framework in ("torch", "tensorflow") if args.only in (None, "obs") else ():
-        seconds, peak = obs_prune_cost(framework)
-        rows.append({"operation": f"obs_prune 90%, MLP 40-300-100-10, 4,000 examples "
-                                  f"({framework})", "seconds": seconds, "peak_mib": peak})
-        print(f"obs_prune 90%, MLP 40-300-100-10, 4,000 examples, {framework:10s}"
-              f" {seconds:7.1f}s, peak memory {peak:.0f} MiB")
+    for label, sizes, examples in OBS_CASES if args.only in (None, "obs") else ():
+        for framework in ("torch", "tensorflow"):
+            seconds, peak = obs_prune_cost(framework, sizes, examples)
+            rows.append({"operation": f"obs_prune 90%, {label} ({framework})",
+                         "seconds": seconds, "peak_mib": peak})
+            print(f"obs_prune 90%, {label}, {framework:10s} {seconds:7.1f}s, "
+                  f"peak memory {peak:.0f} MiB", flush=True)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(rows, out, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as out:
+            out.write(markdown_table(rows))
+
+
+def markdown_table(rows) -> str:
+    """The rows as the markdown tables the book's testing page includes."""
+    timed = [r for r in rows if "ratio" in r]
+    lines = ["| operation | companion | anchor | ratio | anchor call |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    lines += [f"| {r['operation']} | {r['companion_s'] * 1e3:.1f} ms | "
+              f"{r['anchor_s'] * 1e3:.1f} ms | {r['ratio']:.2f}x | {r['anchor']} |"
+              for r in timed]
+    lines += ["", "| one-shot OBS | seconds | peak memory |", "| --- | ---: | ---: |"]
+    lines += [f"| {r['operation']} | {r['seconds']:.1f} s | {r['peak_mib']:.0f} MiB |"
+              for r in rows if "seconds" in r]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
