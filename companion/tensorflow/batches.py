@@ -114,3 +114,8 @@ def _data(model, x, y, loss):
     x, y = check_model_data(model, x, y, loss)
     like = trainable_parameters(model)[0]
     return as_tensor(x, like), as_tensor(y, like)
+
+
+def _example_count(source, loss) -> int:
+    """The number of examples of a data source (one pass over it)."""
+    return sum(len(xb) for xb, _ in checked_batches(source, loss, _numpy))

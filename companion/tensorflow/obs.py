@@ -14,18 +14,13 @@ import tensorflow as tf
 
 from ..core.checks import check_positive, check_positive_int, check_sparsity
 from ..core.obs import check_obs_memory, obs_prune_arrays
-from .batches import _data, _mean_loss, _numpy, checked_batches
+from .batches import _data, _example_count, _mean_loss, _numpy, checked_batches
 from .layout import (_canonical_order, from_canonical, get_weights, set_weights,
                      trainable_parameters)
 from .pruning import _prunable
 from .runtime import compiled_for
 
 __all__ = ["obs_prune"]
-
-
-def _example_count(source, loss) -> int:
-    """The number of examples of a data source (one pass over it)."""
-    return sum(len(xb) for xb, _ in checked_batches(source, loss, _numpy))
 
 
 def _example_losses(output: tf.Tensor, target: tf.Tensor, loss) -> tf.Tensor:

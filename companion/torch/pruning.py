@@ -15,7 +15,7 @@ from ..core.checks import (check_choice, check_flag, check_masks, check_matching
                            check_sparsity, check_tensor_list)
 from ..core.pruning import (SCOPES, CompressedSize, SparsityReport, is_weight,
                             lowest_score_masks, random_canonical_scores)
-from .batches import numpy_batches
+from .batches import _example_count, numpy_batches
 from .layout import (from_canonical, get_weights, parameter_names, to_canonical,
                      trainable_parameters)
 from .runtime import measured_in_inference_mode
@@ -50,9 +50,12 @@ def random_scores(model, seed: int = 0) -> list:
 
 
 def _batch_gradients(model, x, y, batch_size: int, loss):
-    """Yield ``(n_b, [dL_b/dθ])`` for the batches ``b`` of arrays or of a data source."""
-    for xb, yb in numpy_batches(x, y, batch_size, loss):
-        yield len(xb), gradients(model, xb, yb, loss)
+    """Yield ``(n_b / n, [dL_b/dθ])`` for the batches ``b`` of arrays or of a data source
+    (counted first: one more pass over it)."""
+    batches = numpy_batches(x, y, batch_size, loss)
+    count = len(x) if y is not None else _example_count(x, loss)
+    for xb, yb in batches:
+        yield len(xb) / count, gradients(model, xb, yb, loss)
 
 
 @measured_in_inference_mode
@@ -60,7 +63,7 @@ def gradient_scores(model, x, y=None, *, batch_size: int = 1000,
                     loss: str = "cross_entropy") -> list:
     """Gradient magnitude ``s_q = |dL/dw_q|`` of the mean loss over all of ``(x, y)``.
 
-    ``dL/dw = (1/n) sum_b n_b dL_b/dw`` is accumulated over consecutive batches ``b`` (of
+    ``dL/dw = sum_b (n_b / n) dL_b/dw`` is accumulated over consecutive batches ``b`` (of
     ``batch_size`` rows, or a data source's batches), so the result does not depend on
     how the data are batched. Near a minimum every gradient is small,
     the important weights' too: this is the criterion Chapter 3 shows failing.
@@ -76,12 +79,11 @@ def gradient_scores(model, x, y=None, *, batch_size: int = 1000,
     Raises:
         ValueError, TypeError: bad data, loss or batch size (as in :func:`gradients`).
     """
-    total, count = None, 0
-    for size, grads in _batch_gradients(model, x, y, batch_size, loss):
-        scaled = [size * g for g in grads]
+    total = None
+    for share, grads in _batch_gradients(model, x, y, batch_size, loss):
+        scaled = [share * g for g in grads]
         total = scaled if total is None else [t + g for t, g in zip(total, scaled)]
-        count += size
-    return [(t / count).abs() for t in total]
+    return [t.abs() for t in total]
 
 
 @measured_in_inference_mode
