@@ -13,11 +13,11 @@ from ..core.checks import (check_data, check_inputs, check_labels, check_loss, c
                            check_positive_int)
 from ..core.training import (History, NonFiniteError, check_train_args,
                              nonfinite_clip_message, nonfinite_message)
-from .batches import (_batch_mean, _batches, _mean_loss, _numpy, _step_count,
+from .batches import (_batch_mean, _batches, _mean_loss, _numpy, _step_count, minibatches,
                       check_data_source, check_model_data, checked_batches, input_batches,
                       is_data_source)
 from .clipping import Clip, clip_function
-from .diagnostics import global_norm
+from .diagnostics import _trustworthy, global_norm, total_norm
 from .layout import parameter_names, trainable_parameters
 from .runtime import as_tensor, measured_in_inference_mode, training_mode
 
@@ -329,27 +329,26 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     total = _step_count(x, y, batch_size, epochs)
     with training_mode(model), tqdm(total=total, desc="train", file=sys.stdout,
                                     disable=not progress) as bar:
-        for step, (xb, yb) in enumerate(_batches(x, y, batch_size, epochs, seed, loss)):
+        for step, (xb, yb) in enumerate(_tensor_batches(x, y, batch_size, epochs, seed, loss,
+                                                        params[0])):
             new_masks = None if before_step is None else before_step(step)
             if new_masks is not None:
                 masks, masked = _mask_tensors(params, parameter_names(model), new_masks)
                 _mask_weights(masked)
-            like = params[0]
-            output = model(as_tensor(xb, like))
+            output = model(xb)
             if y is None and loss == "cross_entropy":  # a source's labels, batch by batch
-                check_labels(yb, int(output.shape[-1]))
-            target = as_tensor(yb, like)
-            batch_loss = _mean_loss(output, target, loss)
+                check_labels(_numpy(yb), int(output.shape[-1]))
+            batch_loss = _mean_loss(output, yb, loss)
             grads = list(torch.autograd.grad(batch_loss, params))
-            loss_item, norm = batch_loss.item(), global_norm(grads)
+            loss_item, norm, accuracy = _step_numbers(batch_loss, output, yb, loss, grads)
             if monitor is not None:
                 monitor.record(step, grads)
             if not (math.isfinite(loss_item) and math.isfinite(norm)):
                 raise NonFiniteError(nonfinite_message(step, loss_item, norm), step, history)
             history.loss.append(loss_item)
             history.grad_norm.append(norm)
-            if loss == "cross_entropy":
-                history.accuracy.append((output.argmax(dim=1) == target).float().mean().item())
+            if accuracy is not None:
+                history.accuracy.append(accuracy)
             if clip is not None:
                 grads = clip(grads)
             if check_clipped and not math.isfinite(global_norm(grads)):
@@ -359,7 +358,38 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
             opt.step()
             _mask_weights(masked)
             bar.update()
-            bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)
+            if progress:
+                bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)
     return history
 
+
+def _tensor_batches(x, y, batch_size, epochs, seed, loss, like):
+    """:func:`_batches` as tensors like the parameters; arrays go to the device once, so a
+    minibatch is one indexing op, as in a plain loop."""
+    if y is None:
+        for xb, yb in _batches(x, y, batch_size, epochs, seed, loss):
+            yield as_tensor(xb, like), as_tensor(yb, like)
+        return
+    inputs, targets = as_tensor(x, like), as_tensor(y, like)
+    for batch in minibatches(len(x), batch_size, epochs, seed):
+        batch = torch.as_tensor(batch, device=like.device)
+        yield inputs[batch], targets[batch]
+
+
+def _step_numbers(batch_loss, output, target, loss, grads) -> tuple:
+    """The step's loss, ``||g||_2`` and accuracy (``None`` unless cross-entropy) as Python
+    floats, read from the device in one transfer. The norm is taken in the gradients'
+    dtype and again in float64 where that may have overflowed or underflowed, as
+    :func:`total_norm` does."""
+    present = [g for g in grads if g is not None and g.numel()]
+    same = len({(g.dtype, g.device) for g in present}) == 1
+    norm = (torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present))) if same
+            else total_norm(present))
+    numbers = [batch_loss.detach(), norm]
+    if loss == "cross_entropy":
+        numbers.append((output.argmax(dim=1) == target).sum())
+    values = torch.stack([n.to(torch.float64) for n in numbers]).tolist()
+    if same and not _trustworthy(torch.tensor(values[1], dtype=present[0].dtype)):
+        values[1] = float(total_norm(present))
+    return values[0], values[1], values[2] / len(target) if len(values) == 3 else None
 
