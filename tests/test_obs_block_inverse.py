@@ -33,3 +33,18 @@ def test_block_fisher_inverse_refuses_what_woodbury_refuses():
         core_obs.block_fisher_inverse([g], 6, 5, 3, 0.1)
     with pytest.raises(ValueError, match="shape"):
         core_obs.block_fisher_inverse([g], 5, 4, 3, 0.1)
+
+
+def test_the_back_ends_batched_products_equal_the_numpy_reference():
+    import tensorflow as tf
+    import torch
+
+    from companion.tensorflow import obs as tf_obs
+    from companion.torch import obs as torch_obs
+
+    chunk = np.random.default_rng(4).standard_normal((9, 30)).astype(np.float32)
+    expected, count = core_obs.gram_blocks(chunk, 4, 8)  # 30 weights padded to 32
+    for gram, convert in ((torch_obs._gram, torch.from_numpy), (tf_obs._gram, tf.constant)):
+        sums, k = gram(convert(chunk), 4, 8)
+        assert k == count == 9
+        np.testing.assert_allclose(sums, expected, rtol=1e-5, atol=1e-5)

@@ -19,7 +19,7 @@ from .checks import check_positive, check_positive_int, check_sparsity
 from .curvature import _size
 from .pruning import lowest_score_masks
 
-__all__ = ["block_count", "check_obs_memory", "woodbury_block_inverse",
+__all__ = ["block_count", "check_obs_memory", "woodbury_block_inverse", "gram_blocks",
            "block_fisher_inverse", "obs_saliency", "obs_update", "obs_prune_arrays"]
 
 # Per-sample gradients enter the Woodbury update this many at a time (see
@@ -38,17 +38,17 @@ def block_count(n: int, block_size: int) -> int:
 def check_obs_memory(n: int, block_size: int, batch_size: int, max_bytes: float) -> int:
     """Refuse an OBS step whose working memory would exceed ``max_bytes``; return the estimate.
 
-    The estimate is three float64 copies of the block inverse (``nb * B^2`` entries for
-    ``nb`` blocks of size ``B``: the inverse, a Woodbury term, and the systems solved by the
-    update) plus three copies of one chunk of per-sample gradients (``batch_size * nb * B``
-    entries: as computed, in float64, and rearranged into blocks).
+    The estimate is three float64 arrays of the blocks' size (``nb * B^2`` entries for
+    ``nb`` blocks of size ``B``: the Fisher blocks, their Cholesky factors and the inverse)
+    plus two float32 copies of one chunk of per-sample gradients (``batch_size * nb * B``
+    entries: as computed and arranged into blocks) and their products (``nb * B^2``).
 
     Raises:
         ValueError: the estimate exceeds ``max_bytes``; the message names the sizes.
     """
     max_bytes = check_positive("max_bytes", max_bytes, allow_inf=True)
     padded = block_count(n, block_size) * block_size
-    need = 8.0 * 3 * (padded * block_size + batch_size * padded)
+    need = 8.0 * 3 * padded * block_size + 4.0 * (2 * batch_size * padded + padded * block_size)
     if need > max_bytes:
         raise ValueError(
             f"OBS with {n:,} weights in blocks of {block_size} and chunks of {batch_size} "
@@ -130,8 +130,22 @@ def woodbury_block_inverse(gradient_chunks, n: int, num_samples: int, block_size
     return (inverse + np.swapaxes(inverse, 1, 2)) / 2
 
 
+def gram_blocks(chunk, blocks: int, block_size: int):
+    """``(G_b^T G_b for every block b, k)`` of one chunk ``G`` (``k x n``) of per-sample
+    gradients, in NumPy: the reference for the back ends' batched products."""
+    chunk = np.asarray(chunk)
+    k, n = chunk.shape
+    if blocks * block_size > n:
+        chunk = np.concatenate([chunk, np.zeros((k, blocks * block_size - n), chunk.dtype)], 1)
+    # [fisher-blocks]
+    g = np.ascontiguousarray(  # (nb, k, B), contiguous for the batched product
+        chunk.reshape(k, blocks, block_size).transpose(1, 0, 2))
+    return np.swapaxes(g, 1, 2) @ g, k  # G_b^T G_b, in the gradients' dtype
+    # [fisher-blocks-end]
+
+
 def block_fisher_inverse(gradient_chunks, n: int, num_samples: int, block_size: int,
-                         damping: float) -> np.ndarray:
+                         damping: float, gram=gram_blocks) -> np.ndarray:
     """Inverse of the damped empirical Fisher, block by block: each block formed by one
     matrix product of the per-sample gradients, then inverted.
 
@@ -147,7 +161,10 @@ def block_fisher_inverse(gradient_chunks, n: int, num_samples: int, block_size: 
 
     Args:
         gradient_chunks, n, num_samples, block_size, damping: as in
-            :func:`woodbury_block_inverse`.
+            :func:`woodbury_block_inverse`; with a ``gram`` of a back end, the chunks may
+            be its tensors.
+        gram: ``(chunk, nb, B) -> (G_b^T G_b as an (nb, B, B) array, k)``:
+            :func:`gram_blocks` or a back end's batched product on its own device.
 
     Returns:
         an array ``(nb, B, B)``: block ``b`` is the inverse of ``F`` restricted to weights
@@ -160,24 +177,18 @@ def block_fisher_inverse(gradient_chunks, n: int, num_samples: int, block_size: 
     num_samples = check_positive_int("num_samples", num_samples)
     damping = check_positive("damping", damping)
     blocks = block_count(n, block_size)
-    padded = blocks * block_size
     fisher = np.zeros((blocks, block_size, block_size))
     seen = 0
     for chunk in gradient_chunks:
-        chunk = np.asarray(chunk)
-        if chunk.ndim != 2 or chunk.shape[1] != n:
-            raise ValueError(f"gradient chunks must have shape (k, {n}), got {chunk.shape}")
-        if not np.all(np.isfinite(chunk)):
+        if len(chunk.shape) != 2 or chunk.shape[1] != n:
+            raise ValueError(f"gradient chunks must have shape (k, {n}), got "
+                             f"{tuple(chunk.shape)}")
+        sums, count = gram(chunk, blocks, block_size)
+        if not np.all(np.isfinite(sums)):  # a non-finite gradient, or an overflow
             raise ValueError(f"the per-sample gradients of examples {seen}.."
-                             f"{seen + len(chunk) - 1} contain nan or inf")
-        seen += len(chunk)
-        if padded > n:
-            chunk = np.concatenate([chunk, np.zeros((len(chunk), padded - n), chunk.dtype)], 1)
-        # [fisher-blocks]
-        g = np.ascontiguousarray(  # (nb, k, B), contiguous for the batched product
-            chunk.reshape(len(chunk), blocks, block_size).transpose(1, 0, 2))
-        fisher += np.swapaxes(g, 1, 2) @ g  # G_b^T G_b, in the gradients' dtype
-        # [fisher-blocks-end]
+                             f"{seen + count - 1} contain nan or inf")
+        fisher += sums
+        seen += count
     if seen != num_samples:
         raise ValueError(f"the gradient chunks hold {seen} examples, num_samples is "
                          f"{num_samples}")
@@ -276,7 +287,7 @@ def obs_update(weights, inverse, pruned):
 
 
 def obs_prune_arrays(weights, eligible, gradient_chunks, num_samples: int, sparsity: float,
-                     damping: float, block_size: int):
+                     damping: float, block_size: int, gram=gram_blocks):
     """One-shot OBS pruning on canonical arrays: what ``obs_prune`` does in either back end.
 
     The eligible weights (``eligible[i]`` true), flattened in order, get the damped empirical
@@ -293,6 +304,7 @@ def obs_prune_arrays(weights, eligible, gradient_chunks, num_samples: int, spars
         sparsity: the fraction of eligible weights to remove, in ``[0, 1)``.
         damping: ``lambda > 0`` of ``F = lambda I + (1/N) sum_i g_i g_i^T``.
         block_size: weights per diagonal block of ``F``.
+        gram: the blocks' products of one chunk, as in :func:`block_fisher_inverse`.
 
     Returns:
         A pair ``(new_weights, masks)``, float64 canonical arrays (the ineligible ones as
@@ -306,7 +318,7 @@ def obs_prune_arrays(weights, eligible, gradient_chunks, num_samples: int, spars
     chosen = [i for i, ok in enumerate(eligible) if ok]
     flat = np.concatenate([weights[i].ravel() for i in chosen]).astype(np.float64)
     inverse = block_fisher_inverse(gradient_chunks, flat.size, num_samples, block_size,
-                                   damping)
+                                   damping, gram)
     saliency = obs_saliency(flat, inverse)
     offsets = np.cumsum([0] + [weights[i].size for i in chosen])
     scores = [None] * len(weights)

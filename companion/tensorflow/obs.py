@@ -53,7 +53,7 @@ def _per_sample_function(model, loss: str, selected: tuple):
     return compiled_for(model, ("per_sample", loss, selected), make)
 
 
-def _per_sample_gradients(model, x, y, loss, batch_size: int, selected):
+def _per_sample_gradients(model, x, y, loss, batch_size: int, selected, as_numpy=True):
     """Yield per-sample gradients of the variables ``selected`` (indices), as NumPy arrays
     ``(k, n_selected)`` in the canonical flattening order, ``batch_size`` examples at a time;
     ``x, y`` are tensors, or a data source (``y`` is ``None``) read batch by batch.
@@ -64,14 +64,23 @@ def _per_sample_gradients(model, x, y, loss, batch_size: int, selected):
     if y is None:
         for xb, yb in checked_batches(x, loss, _numpy):
             xb, yb = _data(model, xb, yb, loss)  # the labels checked against the model
-            yield from _per_sample_gradients(model, xb, yb, loss, batch_size, selected)
+            yield from _per_sample_gradients(model, xb, yb, loss, batch_size, selected,
+                                             as_numpy)
         return
     selected = tuple(selected)
     order = _canonical_order(model, selected)
     function = _per_sample_function(model, loss, selected)
     for start in range(0, int(x.shape[0]), batch_size):
-        yield function(x[start:start + batch_size], y[start:start + batch_size]).numpy()[
-            :, order]
+        chunk = function(x[start:start + batch_size], y[start:start + batch_size])
+        yield chunk.numpy()[:, order] if as_numpy else tf.gather(chunk, order, axis=1)
+
+
+def _gram(chunk: tf.Tensor, blocks: int, block_size: int) -> tuple:
+    """:func:`companion.core.obs.gram_blocks` by one batched product on the chunk's device."""
+    count, n = chunk.shape
+    chunk = tf.pad(chunk, [[0, 0], [0, blocks * block_size - n]])
+    g = tf.transpose(tf.reshape(chunk, [count, blocks, block_size]), [1, 0, 2])  # (nb, k, B)
+    return tf.linalg.matmul(g, g, transpose_a=True).numpy(), count
 
 
 def obs_prune(model, x, y=None, sparsity: float | None = None, damping: float = 1e-4,
@@ -146,9 +155,9 @@ def obs_prune(model, x, y=None, sparsity: float | None = None, damping: float = 
     n = sum(int(np.prod(v.shape, dtype=np.int64)) for v, ok in zip(variables, eligible) if ok)
     check_obs_memory(n, block_size, min(batch_size, count), max_bytes)
     chunks = _per_sample_gradients(model, x, y, loss, batch_size,
-                                   [i for i, ok in enumerate(eligible) if ok])
+                                   [i for i, ok in enumerate(eligible) if ok], as_numpy=False)
     weights, masks = obs_prune_arrays(get_weights(model), eligible, chunks, count, sparsity,
-                                      damping, block_size)
+                                      damping, block_size, _gram)
     masks = from_canonical(model, masks)
     set_weights(model, weights)
     return masks

@@ -21,9 +21,10 @@ from .runtime import measured_in_inference_mode
 __all__ = ["obs_prune"]
 
 
-def _per_sample_gradients(model, x, y, loss, batch_size: int, selected):
+def _per_sample_gradients(model, x, y, loss, batch_size: int, selected, as_numpy=True):
     """Yield per-sample gradients of the parameters ``selected`` (indices), as NumPy arrays
-    ``(k, n_selected)`` in the canonical flattening order, ``batch_size`` examples at a time;
+    ``(k, n_selected)`` (tensors unless ``as_numpy``) in the canonical flattening order,
+    ``batch_size`` examples at a time;
     ``x, y`` are tensors, or a data source (``y`` is ``None``) read batch by batch.
 
     Row ``i`` is the gradient of example ``i``'s own loss (its term of the mean), computed
@@ -34,7 +35,8 @@ def _per_sample_gradients(model, x, y, loss, batch_size: int, selected):
     if y is None:
         for xb, yb in checked_batches(x, loss, _numpy):
             xb, yb = _data(model, xb, yb, loss)  # the labels checked against the model
-            yield from _per_sample_gradients(model, xb, yb, loss, batch_size, selected)
+            yield from _per_sample_gradients(model, xb, yb, loss, batch_size, selected,
+                                             as_numpy)
         return
     names = parameter_names(model)
     params = trainable_parameters(model)
@@ -53,7 +55,16 @@ def _per_sample_gradients(model, x, y, loss, batch_size: int, selected):
             rows = [grads[names[i]].reshape(len(xb), -1) for i in selected]
         except RuntimeError:  # vmap cannot batch this model
             rows = _looped_gradients(model, xb, yb, loss, [params[i] for i in selected])
-        yield torch.cat(rows, 1).cpu().numpy()
+        chunk = torch.cat(rows, 1)
+        yield chunk.cpu().numpy() if as_numpy else chunk
+
+
+def _gram(chunk: torch.Tensor, blocks: int, block_size: int) -> tuple:
+    """:func:`companion.core.obs.gram_blocks` by one batched product on the chunk's device."""
+    count, n = chunk.shape
+    chunk = torch.nn.functional.pad(chunk, (0, blocks * block_size - n))
+    g = chunk.reshape(count, blocks, block_size).transpose(0, 1)  # (nb, k, B)
+    return torch.bmm(g.transpose(1, 2), g).cpu().numpy(), count
 
 
 def _looped_gradients(model, x, y, loss, params) -> list:
@@ -137,9 +148,9 @@ def obs_prune(model, x, y=None, sparsity: float | None = None, damping: float = 
     n = sum(p.numel() for p, ok in zip(params, eligible) if ok)
     check_obs_memory(n, block_size, min(batch_size, count), max_bytes)
     chunks = _per_sample_gradients(model, x, y, loss, batch_size,
-                                   [i for i, ok in enumerate(eligible) if ok])
+                                   [i for i, ok in enumerate(eligible) if ok], as_numpy=False)
     weights, masks = obs_prune_arrays(get_weights(model), eligible, chunks, count, sparsity,
-                                      damping, block_size)
+                                      damping, block_size, _gram)
     masks = from_canonical(model, masks)
     set_weights(model, weights)
     return masks
