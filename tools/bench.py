@@ -234,20 +234,23 @@ mnist = data.load_mnist1d()
 model = backend.mlp({sizes}, seed=0)
 start = time.perf_counter()
 backend.obs_prune(model, mnist.x_train[:{examples}], mnist.y_train[:{examples}], 0.9,
-                  max_bytes=2**32)
+                  block_size={block_size}, batch_size={batch_size}, max_bytes=2**32)
 print(time.perf_counter() - start, peak())
 """
 
-# (label, sizes, examples): the MLP of Chapters 3-4, and one of a million weights.
-OBS_CASES = [("MLP 40-300-100-10, 4,000 examples", [40, 300, 100, 10], 4000),
-             ("MLP 40-1024-1024-10 (1.09M weights), 1,000 examples", [40, 1024, 1024, 10],
-              1000)]
+# (label, sizes, examples, block_size, batch_size): the MLP of Chapters 3-4, and one of a
+# million weights, with blocks of 64 and chunks of 64 examples to stay within 4 GB.
+OBS_CASES = [("MLP 40-300-100-10, 4,000 examples", [40, 300, 100, 10], 4000, 128, 256),
+             ("MLP 40-1024-1024-10 (1.09M weights), 1,000 examples, blocks of 64",
+              [40, 1024, 1024, 10], 1000, 64, 64)]
 
 
-def obs_prune_cost(framework: str, sizes, examples: int) -> tuple:
+def obs_prune_cost(framework: str, sizes, examples: int, block_size: int,
+                   batch_size: int) -> tuple:
     """Seconds and peak resident memory (MiB) of one ``obs_prune`` call, the first in a
     fresh process (TensorFlow's tracing included)."""
-    code = OBS_PRUNE_CHILD.format(framework=framework, sizes=sizes, examples=examples)
+    code = OBS_PRUNE_CHILD.format(framework=framework, sizes=sizes, examples=examples,
+                                  block_size=block_size, batch_size=batch_size)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     seconds, peak = result.stdout.split()[-2:]
@@ -275,9 +278,9 @@ def main(argv=None) -> None:
                          "companion_s": mine, "anchor_s": theirs, "ratio": mine / theirs})
             print(f"{label:62s} {mine * 1e3:8.1f}ms {theirs * 1e3:8.1f}ms "
                   f"{mine / theirs:5.1f}x  {anchor_name}", flush=True)
-    for label, sizes, examples in OBS_CASES if args.only in (None, "obs") else ():
+    for label, *case in OBS_CASES if args.only in (None, "obs") else ():
         for framework in ("torch", "tensorflow"):
-            seconds, peak = obs_prune_cost(framework, sizes, examples)
+            seconds, peak = obs_prune_cost(framework, *case)
             rows.append({"operation": f"obs_prune 90%, {label} ({framework})",
                          "seconds": seconds, "peak_mib": peak})
             print(f"obs_prune 90%, {label}, {framework:10s} {seconds:7.1f}s, "
