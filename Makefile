@@ -55,7 +55,7 @@ seeds: $(STAMP)
 	$(BIN)/python tools/shift_seeds.py $(addsuffix .md,$(CHAPTERS)) --offsets $(OFFSETS)
 
 bench: $(STAMP)
-	$(BIN)/python tools/bench.py
+	$(BIN)/python tools/bench.py --markdown book/_generated/bench_table.md
 
 # JupyterLab on 127.0.0.1, opened on book/, with the venv registered as the kernel
 # "Exploding gradients book (PyTorch + TensorFlow)". Extra options: make lab LAB_ARGS=--no-browser
