@@ -13,7 +13,7 @@ import numpy as np
 
 from .checks import LOSSES, check_choice, check_data, check_positive, check_positive_int
 from .models import check_sizes
-from .schedules import pruning_steps
+from .schedules import pruning_steps as _pruning_steps  # private: documented in schedules
 
 
 DATA_PARALLEL_CLIPS = ("after_allreduce", "per_worker", None)
@@ -162,7 +162,7 @@ def check_pruning_plan(schedule, steps) -> list:
         ValueError, TypeError: ``steps`` not an integer >= 1, or an invalid schedule.
     """
     steps = check_positive_int("steps", steps)
-    plan = [(int(t), float(s)) for t, s in pruning_steps(schedule, steps)]
+    plan = [(int(t), float(s)) for t, s in _pruning_steps(schedule, steps)]
     if not plan:
         raise ValueError(f"the schedule never prunes in {steps} steps")
     return plan

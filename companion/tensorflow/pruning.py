@@ -260,9 +260,10 @@ class KeepMasks(keras.callbacks.Callback):
     as ``keep_masks_after_step`` does in PyTorch, compile with an optimizer that masks
     them first (dense gradients; a gradient list is aligned with the trainable variables)::
 
-        mask_grads = lambda grads: [g if m is None else g * m for g, m in zip(grads, masks)]
-        model.compile(optimizer=ctf.clipping_optimizer(keras.optimizers.SGD(0.1, 0.9),
-                                                       mask_grads), loss=...)
+        mask_grads = lambda grads: [g if m is None else g * m
+                                    for g, m in zip(grads, masks)]
+        sgd = keras.optimizers.SGD(0.1, 0.9)
+        model.compile(optimizer=ctf.clipping_optimizer(sgd, mask_grads), loss=...)
         model.fit(x, y, callbacks=[ctf.KeepMasks(masks)])
 
     Args:
