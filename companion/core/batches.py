@@ -10,12 +10,14 @@ tensors to NumPy and call these functions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .checks import check_data, check_inputs
+from .checks import check_data, check_inputs, check_loss, check_positive_int
 
 __all__ = ["minibatches", "is_data_source", "check_data_source", "checked_batches",
-           "input_batches"]
+           "input_batches", "numpy_batches", "epoch_batches", "step_count", "example_count"]
 
 
 def minibatches(n: int, batch_size: int, epochs: int, seed: int):
@@ -108,3 +110,46 @@ def checked_batches(source, loss, to_numpy):
         yield xb, yb
     if count == 0:
         raise ValueError("the data source yielded no batch")
+
+
+def numpy_batches(x, y, batch_size: int, loss, to_numpy):
+    """``(x_b, y_b)`` NumPy batches, checked: ``batch_size`` consecutive rows of arrays
+    ``x, y``, or the batches of a data source ``x`` as they come (``batch_size`` unused);
+    ``to_numpy`` converts the back end's tensors.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_data_source`,
+            :func:`companion.core.checks.check_data` and ``check_loss``; a ``batch_size``
+            that is not an integer >= 1.
+    """
+    loss = check_loss(loss)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if check_data_source(x, y):
+        return checked_batches(x, loss, to_numpy)
+    x, y = check_data(x, y, loss)
+    return ((x[start:start + batch_size], y[start:start + batch_size])
+            for start in range(0, len(x), batch_size))
+
+
+def epoch_batches(x, y, batch_size, epochs: int, seed, loss, to_numpy):
+    """The minibatches of every epoch of ``train``, as NumPy arrays: from arrays, shuffled
+    by ``seed`` (:func:`minibatches`); from a data source (``y`` is ``None``), its own
+    batches, one pass per epoch."""
+    if y is None:
+        for _ in range(epochs):
+            yield from checked_batches(x, loss, to_numpy)
+    else:
+        for batch in minibatches(len(x), batch_size, epochs, seed):
+            yield x[batch], y[batch]
+
+
+def step_count(x, y, batch_size, epochs: int):
+    """The number of steps of ``train``, or ``None`` for a source of unknown length."""
+    if y is not None:
+        return epochs * math.ceil(len(x) / batch_size)
+    return epochs * len(x) if hasattr(x, "__len__") else None
+
+
+def example_count(source, loss, to_numpy) -> int:
+    """The number of examples of a data source (one pass over it)."""
+    return sum(len(xb) for xb, _ in checked_batches(source, loss, to_numpy))

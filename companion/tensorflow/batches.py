@@ -8,20 +8,19 @@ object, is evaluated on a batch.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
-from ..core.batches import (check_data_source, checked_batches, input_batches,
-                            is_data_source, minibatches)
-from ..core.checks import check_data, check_labels, check_loss, check_positive_int
+from ..core.batches import (check_data_source, checked_batches, epoch_batches, example_count,
+                            input_batches, is_data_source, minibatches, step_count)
+from ..core.batches import numpy_batches as shared_numpy_batches
+from ..core.checks import check_data, check_labels, check_loss
 from .layout import trainable_parameters
 from .runtime import as_tensor
 
 # Re-exported for the modules that take data.
 __all__ = ["check_data_source", "is_data_source", "checked_batches", "input_batches",
-           "check_model_data", "numpy_batches"]
+           "minibatches", "step_count", "check_model_data", "numpy_batches"]
 
 
 def _numpy(tensor) -> np.ndarray:
@@ -69,42 +68,6 @@ def check_model_data(model, x, y, loss: str):
     return x, y
 
 
-def numpy_batches(x, y, batch_size: int, loss):
-    """``(x_b, y_b)`` NumPy batches, checked: ``batch_size`` consecutive rows of arrays
-    ``x, y``, or the batches of a data source ``x`` as they come (``batch_size`` unused).
-
-    Raises:
-        TypeError, ValueError: as :func:`companion.core.batches.check_data_source`,
-            :func:`companion.core.checks.check_data` and ``check_loss``; a ``batch_size``
-            that is not an integer >= 1.
-    """
-    loss = check_loss(loss)
-    batch_size = check_positive_int("batch_size", batch_size)
-    if check_data_source(x, y):
-        return checked_batches(x, loss, _numpy)
-    x, y = check_data(x, y, loss)
-    return ((x[start:start + batch_size], y[start:start + batch_size])
-            for start in range(0, len(x), batch_size))
-
-
-def _batches(x, y, batch_size, epochs, seed, loss):
-    """The minibatches of every epoch, as NumPy arrays: shuffled by ``seed`` from arrays, or
-    a data source's own batches, one pass per epoch."""
-    if y is None:
-        for _ in range(epochs):
-            yield from checked_batches(x, loss, _numpy)
-    else:
-        for batch in minibatches(len(x), batch_size, epochs, seed):
-            yield x[batch], y[batch]
-
-
-def _step_count(x, y, batch_size, epochs):
-    """The number of steps of :func:`train`, or ``None`` for a source of unknown length."""
-    if y is not None:
-        return epochs * math.ceil(len(x) / batch_size)
-    return epochs * len(x) if hasattr(x, "__len__") else None
-
-
 def _data(model, x, y, loss):
     """Check ``loss`` and ``(x, y)``; return them as tensors like the variables, or a data
     source as it is (with ``y = None``), to be read batch by batch."""
@@ -116,6 +79,14 @@ def _data(model, x, y, loss):
     return as_tensor(x, like), as_tensor(y, like)
 
 
+def numpy_batches(x, y, batch_size: int, loss):
+    """:func:`companion.core.batches.numpy_batches` for this back end's tensors."""
+    return shared_numpy_batches(x, y, batch_size, loss, _numpy)
+
+
+def _batches(x, y, batch_size, epochs, seed, loss):
+    return epoch_batches(x, y, batch_size, epochs, seed, loss, _numpy)
+
+
 def _example_count(source, loss) -> int:
-    """The number of examples of a data source (one pass over it)."""
-    return sum(len(xb) for xb, _ in checked_batches(source, loss, _numpy))
+    return example_count(source, loss, _numpy)

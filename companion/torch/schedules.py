@@ -21,7 +21,7 @@ from ..core.schedules import (SCOPES, GradualPruningResult, check_schedule, chec
 from ..core.schedules import warmup_schedule as shared_warmup_schedule
 from . import pruning
 from .layout import from_canonical, parameter_names, to_canonical, trainable_parameters
-from .training import _check_optimizer, _step_count, _train
+from .training import _check_optimizer, step_count, _train
 
 __all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",
            "GradualPruningResult", "warmup_schedule"]
@@ -124,7 +124,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *,
                             optimizer_object=_check_optimizer(optimizer))
     check_choice("scope", scope, SCOPES)
     score = criterion_function(criterion, _score_function, x, y, loss, seed)
-    steps = _step_count(x, y, batch_size, epochs)
+    steps = step_count(x, y, batch_size, epochs)
     # All steps are checked before training; a source of unknown length, step by step.
     plan = None if steps is None else dict(pruning_steps(schedule, steps))
     eligible = _eligible(model, check_flag("prune_biases", prune_biases))

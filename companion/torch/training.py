@@ -13,7 +13,7 @@ from ..core.checks import (check_data, check_inputs, check_labels, check_loss, c
                            check_positive_int)
 from ..core.training import (History, NonFiniteError, check_train_args,
                              nonfinite_clip_message, nonfinite_message)
-from .batches import (_batch_mean, _batches, _mean_loss, _numpy, _step_count, minibatches,
+from .batches import (_batch_mean, _batches, _mean_loss, _numpy, step_count, minibatches,
                       check_data_source, check_model_data, checked_batches, input_batches,
                       is_data_source)
 from .clipping import Clip, clip_function
@@ -326,7 +326,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     _mask_weights(masked)
     opt = _optimizer(model, optimizer, lr, momentum)
     history = History()
-    total = _step_count(x, y, batch_size, epochs)
+    total = step_count(x, y, batch_size, epochs)
     with training_mode(model), tqdm(total=total, desc="train", file=sys.stdout,
                                     disable=not progress) as bar:
         for step, (xb, yb) in enumerate(_tensor_batches(x, y, batch_size, epochs, seed, loss,
