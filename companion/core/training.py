@@ -67,20 +67,26 @@ def nonfinite_clip_message(step: int) -> str:
 
 
 def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, monitor, *,
-                     optimizer_object: bool = False):
+                     optimizer_type: tuple):
     """Validate ``train``'s arguments (both back ends) before anything changes.
 
     Returns ``x, y`` as checked arrays, or ``(x, None)`` for a data source of batches (see
     :func:`companion.core.batches.is_data_source`), whose batches are the minibatches, so
-    ``batch_size`` must then be ``None``. ``optimizer_object`` says that ``optimizer`` is
-    the framework's own optimizer (the back end checks its type): its learning rate and
-    momentum are its own, so ``lr`` and ``momentum`` must not be given.
+    ``batch_size`` must then be ``None``. ``optimizer`` is a name or the framework's own
+    optimizer, an instance of ``optimizer_type = (class, its name for messages)``; an
+    object holds its own learning rate and momentum, so ``lr`` and ``momentum`` must then
+    not be given.
 
     Raises:
         ValueError, TypeError: what each check says (``epochs``, ``lr``, ``batch_size``,
             ``optimizer``, ``momentum``, ``loss``, ``monitor``, the data).
     """
     check_positive_int("epochs", epochs)
+    optimizer_class, class_name = optimizer_type
+    optimizer_object = isinstance(optimizer, optimizer_class)
+    if not optimizer_object and not isinstance(optimizer, str):
+        raise TypeError(f"optimizer must be 'sgd', 'adam' or a {class_name}, got "
+                        f"{type(optimizer).__name__}")
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)):
         raise TypeError(f"momentum must be a real number in [0, 1), got "
                         f"{type(momentum).__name__}")

@@ -25,7 +25,7 @@ from ..core.schedules import (SCOPES, GradualPruningResult, check_schedule, chec
 from ..core.schedules import warmup_schedule as shared_warmup_schedule
 from . import pruning
 from .layout import from_canonical, parameter_names, to_canonical, trainable_parameters
-from .training import _check_optimizer, step_count, _train
+from .training import OPTIMIZER_TYPE, step_count, _train
 
 __all__ = ["constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",
            "GradualPruningResult", "GradualPruning", "warmup_schedule", "WarmupSchedule"]
@@ -125,7 +125,7 @@ def prune_gradually(model, x, y, criterion, schedule, epochs: int, *,
         NonFiniteError: as in :func:`train`; pruning done so far stays.
     """
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, monitor,
-                            optimizer_object=_check_optimizer(optimizer))
+                            optimizer_type=OPTIMIZER_TYPE)
     check_choice("scope", scope, SCOPES)
     score = criterion_function(criterion, _score_function, x, y, loss, seed)
     steps = step_count(x, y, batch_size, epochs)

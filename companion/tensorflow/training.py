@@ -32,6 +32,9 @@ from .runtime import as_tensor, compiled_for
 
 __all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", "train"]
 
+# What ``train`` accepts besides the names "sgd" and "adam".
+OPTIMIZER_TYPE = (keras.optimizers.Optimizer, "keras.optimizers.Optimizer")
+
 
 
 def loss_value(model, x, y=None, loss="cross_entropy") -> tf.Tensor:
@@ -256,16 +259,6 @@ def _optimizer(model, optimizer, lr, momentum):
     return optimizer
 
 
-def _check_optimizer(optimizer) -> bool:
-    """Whether ``optimizer`` is an optimizer object (else it must be a name)."""
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        return True
-    if not isinstance(optimizer, str):
-        raise TypeError("optimizer must be 'sgd', 'adam' or a keras.optimizers.Optimizer, "
-                        f"got {type(optimizer).__name__}")
-    return False
-
-
 def _mask_weights(masked) -> None:
     for variable, mask in masked:
         variable.assign(variable * mask)
@@ -340,7 +333,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     is (the masks live in variables that the compiled update reads).
     """
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                            monitor, optimizer_object=_check_optimizer(optimizer))
+                            monitor, optimizer_type=OPTIMIZER_TYPE)
     if y is not None:
         x, y = check_model_data(model, x, y, loss)
     variables = trainable_parameters(model)

@@ -23,6 +23,9 @@ from .runtime import as_tensor, measured_in_inference_mode, training_mode
 
 __all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", "train"]
 
+# What ``train`` accepts besides the names "sgd" and "adam".
+OPTIMIZER_TYPE = (torch.optim.Optimizer, "torch.optim.Optimizer")
+
 
 @measured_in_inference_mode
 def loss_value(model, x, y=None, loss="cross_entropy") -> torch.Tensor:
@@ -227,16 +230,6 @@ def _optimizer(model, optimizer, lr, momentum):
     return optimizer
 
 
-def _check_optimizer(optimizer) -> bool:
-    """Whether ``optimizer`` is an optimizer object (else it must be a name)."""
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return True
-    if not isinstance(optimizer, str):
-        raise TypeError("optimizer must be 'sgd', 'adam' or a torch.optim.Optimizer, got "
-                        f"{type(optimizer).__name__}")
-    return False
-
-
 def _mask_weights(masked) -> None:
     with torch.no_grad():
         for param, mask in masked:
@@ -315,7 +308,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
     and are applied to the weights at once.
     """
     x, y = check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss,
-                            monitor, optimizer_object=_check_optimizer(optimizer))
+                            monitor, optimizer_type=OPTIMIZER_TYPE)
     if y is not None:
         x, y = check_model_data(model, x, y, loss)
     params = trainable_parameters(model)
