@@ -48,6 +48,23 @@ class History:
         return len(self.loss)
 
 
+def scheduled_lr(lr, step: int) -> float | None:
+    """The learning rate of step ``step`` (from 0) when ``lr`` is a schedule, a function
+    ``step -> lr`` such as :func:`companion.core.schedules.warmup_schedule`; ``None``
+    when ``lr`` is a number (or ``None``), which the optimizer then holds throughout.
+
+    Raises:
+        ValueError: the schedule's value at ``step`` is not a finite number >= 0.
+    """
+    if not callable(lr):
+        return None
+    rate = float(lr(step))
+    if not (math.isfinite(rate) and rate >= 0):
+        raise ValueError(f"the learning-rate schedule gave {rate} at step {step}: it must "
+                         "give finite numbers >= 0")
+    return rate
+
+
 def nonfinite_message(step: int, loss: float, grad_norm: float) -> str:
     """The message :class:`NonFiniteError` carries: what was not finite, at which step."""
     what = []
@@ -75,7 +92,7 @@ def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, mo
     ``batch_size`` must then be ``None``. ``optimizer`` is a name or the framework's own
     optimizer, an instance of ``optimizer_type = (class, its name for messages)``; an
     object holds its own learning rate and momentum, so ``lr`` and ``momentum`` must then
-    not be given.
+    not be given. ``lr`` is a number > 0 or a schedule (see :func:`scheduled_lr`).
 
     Raises:
         ValueError, TypeError: what each check says (``epochs``, ``lr``, ``batch_size``,
@@ -99,7 +116,10 @@ def check_train_args(x, y, epochs, lr, batch_size, optimizer, momentum, loss, mo
     else:
         if lr is None:
             raise ValueError(f"lr is needed with optimizer={optimizer!r}")
-        check_positive("lr", lr)
+        if callable(lr):
+            scheduled_lr(lr, 0)
+        else:
+            check_positive("lr", lr)
         check_choice("optimizer", optimizer, OPTIMIZERS)
         if momentum and optimizer != "sgd":
             raise ValueError("momentum applies to optimizer='sgd' only")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..core.checks import (check_data, check_inputs, check_labels, check_loss, check_masks,
                            check_positive_int)
 from ..core.training import (History, NonFiniteError, check_train_args,
-                             nonfinite_clip_message, nonfinite_message)
+                             nonfinite_clip_message, nonfinite_message, scheduled_lr)
 from .batches import (_batch_mean, _batches, _mean_loss, _numpy, step_count,
                       check_data_source, check_model_data, checked_batches, input_batches,
                       is_data_source)
@@ -245,6 +245,7 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
 def _optimizer(model, optimizer, lr, momentum):
     """The optimizer of :func:`train`: a new one by name, or the caller's, checked not to
     be built for another model's variables."""
+    lr = 0.0 if callable(lr) else lr  # a schedule sets it before every step
     if optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
     if optimizer == "adam":
@@ -290,7 +291,9 @@ def train(model, x, y=None, *, epochs: int, lr: float | None = None,
     Args:
         x, y: arrays (one example per row), or a data source as ``x`` and ``y=None``.
         epochs: passes over the data, an integer >= 1.
-        lr: the learning rate of ``optimizer="sgd"`` or ``"adam"``, a finite number > 0.
+        lr: the learning rate of ``optimizer="sgd"`` or ``"adam"``: a finite number > 0,
+            or a schedule ``step -> lr`` (e.g. :func:`warmup_schedule`) read before each
+            step, the first being step 0.
         batch_size: examples per step with arrays, an integer >= 1.
         optimizer: ``"sgd"``, ``"adam"`` or a ``keras.optimizers.Optimizer``.
         momentum: SGD's momentum, in ``[0, 1)``.
@@ -389,6 +392,9 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
                 grads = eager_clip(grads)
                 if not math.isfinite(float(total_norm(grads))):
                     raise NonFiniteError(nonfinite_clip_message(step), step, history)
+            rate = scheduled_lr(lr, step)
+            if rate is not None:
+                opt.learning_rate = rate
             apply_update(grads)
             bar.update()
             bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)

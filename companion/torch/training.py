@@ -12,7 +12,7 @@ from tqdm import tqdm
 from ..core.checks import (check_data, check_inputs, check_labels, check_loss, check_masks,
                            check_positive_int)
 from ..core.training import (History, NonFiniteError, check_train_args,
-                             nonfinite_clip_message, nonfinite_message)
+                             nonfinite_clip_message, nonfinite_message, scheduled_lr)
 from .batches import (_batch_mean, _batches, _mean_loss, _numpy, step_count, minibatches,
                       check_data_source, check_model_data, checked_batches, input_batches,
                       is_data_source)
@@ -218,6 +218,7 @@ def _optimizer(model, optimizer, lr, momentum):
     """The optimizer of :func:`train`: a new one by name, or the caller's, checked to update
     every trainable parameter."""
     params = trainable_parameters(model)
+    lr = 0.0 if callable(lr) else lr  # a schedule sets it before every step
     if optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
     if optimizer == "adam":
@@ -265,7 +266,9 @@ def train(model, x, y=None, *, epochs: int, lr: float | None = None,
     Args:
         x, y: arrays (one example per row), or a data source as ``x`` and ``y=None``.
         epochs: passes over the data, an integer >= 1.
-        lr: the learning rate of ``optimizer="sgd"`` or ``"adam"``, a finite number > 0.
+        lr: the learning rate of ``optimizer="sgd"`` or ``"adam"``: a finite number > 0,
+            or a schedule ``step -> lr`` (e.g. :func:`warmup_schedule`) read before each
+            step, the first being step 0.
         batch_size: examples per step with arrays, an integer >= 1.
         optimizer: ``"sgd"``, ``"adam"`` or a ``torch.optim.Optimizer``.
         momentum: SGD's momentum, in ``[0, 1)``.
@@ -348,6 +351,10 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
                 raise NonFiniteError(nonfinite_clip_message(step), step, history)
             for param, grad, mask in zip(params, grads, masks):
                 param.grad = grad if mask is None else grad * mask
+            rate = scheduled_lr(lr, step)
+            if rate is not None:
+                for group in opt.param_groups:
+                    group["lr"] = rate
             opt.step()
             _mask_weights(masked)
             bar.update()
