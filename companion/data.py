@@ -8,13 +8,20 @@ so both back ends see the same numbers.
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 from typing import NamedTuple
 
 import numpy as np
 
 from .core.checks import check_positive_int
 
-__all__ = ["Dataset", "load_digits", "load_mnist1d", "adding_problem"]
+__all__ = ["Dataset", "TextDataset", "load_digits", "load_mnist1d", "adding_problem",
+           "load_docstrings"]
+
+# Standard-library modules whose docstrings make the character corpus (in this order).
+DOCSTRING_MODULES = ("argparse", "collections", "functools", "itertools", "json", "pathlib",
+                     "random", "re", "string", "textwrap", "typing", "unittest")
 
 
 class Dataset(NamedTuple):
@@ -120,3 +127,72 @@ def adding_problem(n_train: int = 2000, n_test: int = 500, seq_len: int = 50,
     x = np.stack([values, markers], axis=-1).astype(np.float32)
     y = (values[np.arange(n), first] + values[np.arange(n), second])[:, None].astype(np.float32)
     return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+class TextDataset(NamedTuple):
+    """Next-character prediction windows: ``x_*[i]`` holds ``context`` character ids and
+    ``y_*[i]`` the ids that follow each of them (``x`` shifted by one); ``vocabulary[k]``
+    is the character of id ``k``."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    vocabulary: str
+
+
+@functools.lru_cache(maxsize=1)
+def _docstring_text() -> str:
+    docs = []
+    for name in DOCSTRING_MODULES:
+        module = importlib.import_module(name)
+        docs.append(inspect.getdoc(module) or "")
+        for attribute in sorted(dir(module)):
+            value = getattr(module, attribute, None)
+            if getattr(value, "__module__", None) == name:
+                docs.append(inspect.getdoc(value) or "")
+    text = "\n\n".join(doc for doc in dict.fromkeys(docs) if doc)  # first copy of each
+    return "".join(c for c in text if c == "\n" or " " <= c <= "~")
+
+
+def load_docstrings(context: int = 32, test_fraction: float = 0.1) -> TextDataset:
+    """A character corpus every Python has offline: the docstrings of the standard-library
+    modules in ``DOCSTRING_MODULES``, cut into next-character windows.
+
+    The text is each module's docstring followed by those of the objects it defines (in
+    sorted order of their names), each docstring once, joined by blank lines, keeping
+    printable ASCII and newlines. With ids ``t`` (characters sorted), window ``i`` is
+    ``x = t[iT : iT + T]``, ``y = t[iT + 1 : iT + T + 1]`` (``T = context``, windows not
+    overlapping). The first ``1 - test_fraction`` of the windows train, the rest test: the
+    test text is a later part of the corpus, never seen in training. Ids are int64.
+
+    The docstrings belong to the running Python, so the corpus can differ slightly
+    between Python versions.
+
+    Args:
+        context: the window length ``T``, an integer >= 1.
+        test_fraction: the share of windows kept for testing, in (0, 1).
+
+    Raises:
+        ValueError, TypeError: ``context`` not an integer >= 1, or ``test_fraction`` not
+            a number in (0, 1).
+    """
+    context = check_positive_int("context", context)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+        raise TypeError(f"test_fraction must be a number in (0, 1), got "
+                        f"{type(test_fraction).__name__}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    text = _docstring_text()
+    vocabulary = "".join(sorted(set(text)))
+    lookup = {c: i for i, c in enumerate(vocabulary)}
+    tokens = np.array([lookup[c] for c in text], dtype=np.int64)
+    windows = (len(tokens) - 1) // context
+    starts = np.arange(windows) * context
+    x = tokens[starts[:, None] + np.arange(context)]
+    y = tokens[starts[:, None] + np.arange(1, context + 1)]
+    split = int(round(windows * (1 - test_fraction)))
+    if not 0 < split < windows:
+        raise ValueError(f"context={context} leaves {windows} windows: too few to split "
+                         f"with test_fraction={test_fraction}")
+    return TextDataset(x[:split], y[:split], x[split:], y[split:], vocabulary)
