@@ -8,7 +8,7 @@ import torch
 
 from companion import tensorflow as ctf
 from companion import torch as ct
-from numpy_reference import assert_arrays_close, is_torch
+from numpy_reference import assert_arrays_close, assert_weights_equal, is_torch, scalar
 
 SIZES = dict(vocab=11, d_model=8, heads=2, layers=2, context=7)
 
@@ -149,3 +149,80 @@ def test_too_long_sequence_is_refused(backend):
     model = backend.transformer(**SIZES, seed=0)
     with pytest.raises(ValueError, match="context=7"):
         _logits(backend, model, np.zeros((1, 8), np.int64))
+
+
+# ------------------------------------------------ cross-entropy over a sequence's positions
+
+
+def _sequence_problem(rng, n=6, steps=7):
+    tokens = rng.integers(0, SIZES["vocab"], (n, steps))
+    labels = rng.integers(0, SIZES["vocab"], (n, steps))
+    return tokens, labels
+
+
+def _direct_loss_and_grads(backend, model, tokens, labels):
+    """The framework's own sequence loss: torch's cross_entropy on flattened positions,
+    Keras' sparse_categorical_crossentropy (mean over every position)."""
+    params = backend.trainable_parameters(model)
+    if is_torch(backend):
+        logits = model(torch.as_tensor(tokens))
+        value = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), torch.as_tensor(labels).reshape(-1))
+        grads = torch.autograd.grad(value, params)
+        return value.item(), list(grads)
+    import keras
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        value = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+            labels, model(tokens, training=False), from_logits=True))
+    return float(value), [tf.convert_to_tensor(g) for g in tape.gradient(value, params)]
+
+
+def test_sequence_cross_entropy_matches_the_framework(backend, rng):
+    model = backend.transformer(**SIZES, norm_position="post", seed=4)
+    _perturbed(backend, model, rng)
+    tokens, labels = _sequence_problem(rng)
+    value, grads = _direct_loss_and_grads(backend, model, tokens, labels)
+    assert scalar(backend.loss_value(model, tokens, labels)) == pytest.approx(value, rel=1e-5)
+    got = backend.to_canonical(model, backend.gradients(model, tokens, labels))
+    assert_arrays_close(got, backend.to_canonical(model, grads))
+    logits = _logits(backend, model, tokens)
+    result = backend.evaluate(model, tokens, labels, batch_size=4)  # batches of 4 and 2
+    assert result["loss"] == pytest.approx(value, rel=1e-5)
+    assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
+
+
+def test_sequence_cross_entropy_parity_and_training(rng):
+    models = [b.transformer(**SIZES, norm_position="pre", seed=5) for b in (ct, ctf)]
+    ctf.set_weights(models[1], _perturbed(ct, models[0], rng))
+    tokens, labels = _sequence_problem(rng, n=8)
+    values = [scalar(b.loss_value(m, tokens, labels)) for b, m in zip((ct, ctf), models)]
+    assert values[0] == pytest.approx(values[1], rel=1e-5)
+    grads = [b.to_canonical(m, b.gradients(m, tokens, labels))
+             for b, m in zip((ct, ctf), models)]
+    assert_arrays_close(grads[0], grads[1])
+    histories = [b.train(m, tokens, labels, epochs=2, lr=0.05, batch_size=4,
+                         clip=b.Clip("global_norm", 1.0), progress=False, seed=1)
+                 for b, m in zip((ct, ctf), models)]
+    np.testing.assert_allclose(histories[0].loss, histories[1].loss, rtol=1e-4)
+    np.testing.assert_allclose(histories[0].accuracy, histories[1].accuracy)
+    assert len(histories[0].accuracy) == 4
+    assert_arrays_close(ct.get_weights(models[0]), ctf.get_weights(models[1]), rtol=1e-4)
+
+
+def test_sequence_labels_must_match_the_outputs(backend, rng):
+    model = backend.transformer(**SIZES, seed=6)
+    tokens, labels = _sequence_problem(rng)
+    weights = backend.get_weights(model)
+    for bad in (labels[:, :1], labels[:, 0], labels[:, :, None]):
+        for function in (backend.loss_value, backend.gradients, backend.evaluate):
+            with pytest.raises(ValueError, match="one per row of logits"):
+                function(model, tokens, bad)
+        with pytest.raises(ValueError, match="one per row of logits"):
+            backend.train(model, tokens, bad, epochs=1, lr=0.1, batch_size=3,
+                          progress=False)
+    bad = labels.copy()
+    bad[2, 3] = SIZES["vocab"]
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 11\)"):
+        backend.train(model, tokens, bad, epochs=1, lr=0.1, batch_size=3, progress=False)
+    assert_weights_equal(weights, backend.get_weights(model))

@@ -64,10 +64,9 @@ def check_data(x, y, loss: str):
         )
     if len(x) == 0:
         raise ValueError("x and y are empty")
-    if loss == "cross_entropy" and (y.ndim != 1 or not np.issubdtype(y.dtype, np.integer)):
-        raise ValueError(
-            f"cross_entropy needs integer class labels of shape (n,), got {y.dtype} {y.shape}"
-        )
+    if loss == "cross_entropy" and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"cross_entropy needs integer class labels of shape (n,), or (n, T) "
+                         f"for a sequence model, got {y.dtype} {y.shape}")
     if loss == "cross_entropy":
         y = y.astype(np.int64, copy=False)  # torch rejects int32 targets, TensorFlow uint8
     return x, y
@@ -109,6 +108,25 @@ def check_labels(y: np.ndarray, classes: int) -> None:
     if low < 0 or high >= classes:
         raise ValueError(f"class labels must be in [0, {classes}) for a model with {classes} "
                          f"outputs, got labels from {low} to {high}")
+
+
+def check_label_outputs(y: np.ndarray, output_shape) -> None:
+    """Check integer labels ``y`` against a model's logits of shape ``output_shape``.
+
+    The logits hold one row of ``C = output_shape[-1]`` classes per label: labels
+    ``(n,)`` go with logits ``(n, C)``, labels ``(n, T)`` (one per position of a
+    sequence) with ``(n, T, C)``. Only the axes after the first are compared, so the
+    logits of one example check the labels of many. Then :func:`check_labels`.
+
+    Raises:
+        ValueError: the label and logit shapes do not match, or a label out of range.
+    """
+    output_shape = tuple(int(d) for d in output_shape)
+    if len(output_shape) < 2 or output_shape[1:-1] != tuple(y.shape[1:]):
+        raise ValueError(f"cross_entropy needs integer class labels, one per row of logits: "
+                         f"labels (n, *S) for outputs (n, *S, classes); got labels {y.shape} "
+                         f"for outputs {output_shape}")
+    check_labels(y, output_shape[-1])
 
 
 def check_matching_shapes(names, params, tensors, what: str) -> list:

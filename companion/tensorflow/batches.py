@@ -14,7 +14,7 @@ import tensorflow as tf
 from ..core.batches import (check_data_source, checked_batches, epoch_batches, example_count,
                             input_batches, is_data_source, minibatches, step_count)
 from ..core.batches import numpy_batches as shared_numpy_batches
-from ..core.checks import check_data, check_labels, check_loss
+from ..core.checks import check_data, check_label_outputs, check_loss
 from .layout import trainable_parameters
 from .runtime import as_tensor
 
@@ -43,6 +43,7 @@ def _batch_mean(compute, source, loss):
 
 def _mean_loss(output: tf.Tensor, target: tf.Tensor, loss) -> tf.Tensor:
     if loss == "cross_entropy":
+        # logits (n, ..., C) and labels (n, ...): the mean over every position
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target, output))
     if loss == "mse":
         return tf.reduce_mean(tf.square(output - tf.reshape(target, tf.shape(output))))
@@ -55,8 +56,8 @@ def _mean_loss(output: tf.Tensor, target: tf.Tensor, loss) -> tf.Tensor:
 
 def check_model_data(model, x, y, loss: str):
     """:func:`~companion.core.checks.check_data`, and for ``"cross_entropy"`` that every label
-    names one of the model's outputs (``0 <= y < classes``, ``classes`` read from the
-    model's output on one example); returns ``x, y`` as arrays.
+    names one of the model's outputs and their shapes match (``0 <= y < classes``,
+    read from the model's output on one example); returns ``x, y`` as arrays.
 
     Raises:
         ValueError: as :func:`~companion.core.checks.check_data`, or a label out of range.
@@ -64,7 +65,7 @@ def check_model_data(model, x, y, loss: str):
     x, y = check_data(x, y, loss)
     if loss == "cross_entropy":
         output = model(as_tensor(x[:1], trainable_parameters(model)[0]), training=False)
-        check_labels(y, int(output.shape[-1]))
+        check_label_outputs(y, output.shape)
     return x, y
 
 

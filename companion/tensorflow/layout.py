@@ -160,12 +160,14 @@ def to_canonical(model, tensors) -> list:
     Args:
         model: a Keras model, e.g. from :func:`mlp` or :func:`rnn`.
         tensors: one tensor (or ``None``) per trainable variable, in order, in Keras' layout
-            (kernels ``(k..., in, out)``).
+            (kernels ``(k..., in, out)``); a ``tf.IndexedSlices`` (an ``Embedding``'s
+            gradient) is made dense.
 
     Raises:
         ValueError: the number of tensors differs from the number of trainable variables.
     """
-    tensors = list(tensors)
+    tensors = [tf.convert_to_tensor(t) if isinstance(t, tf.IndexedSlices) else t
+               for t in tensors]
     variables = trainable_parameters(model)
     _check_aligned(model, tensors)
     gru, flattened = _gru_variables(model), _flattened_kernels(model)

@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ..core.checks import (check_data, check_inputs, check_labels, check_loss, check_masks,
-                           check_positive_int)
+from ..core.checks import (check_data, check_inputs, check_label_outputs, check_loss,
+                           check_masks, check_positive_int)
 from ..core.training import (History, NonFiniteError, check_train_args,
                              nonfinite_clip_message, nonfinite_message, scheduled_lr)
 from .batches import (_batch_mean, _batches, _mean_loss, _numpy, step_count,
@@ -36,12 +36,12 @@ __all__ = ["loss_value", "gradients", "input_gradients", "predict", "evaluate", 
 OPTIMIZER_TYPE = (keras.optimizers.Optimizer, "keras.optimizers.Optimizer")
 
 
-
 def loss_value(model, x, y=None, loss="cross_entropy") -> tf.Tensor:
     """The mean loss of ``model`` on ``(x, y)`` as a scalar tensor (differentiable).
 
     * ``"cross_entropy"``: ``-(1/n) sum_i log softmax(f(x_i))_{y_i}``; the model returns
-      logits and ``y`` holds integer class labels.
+      logits and ``y`` holds integer class labels; logits ``(n, T, C)`` and labels
+      ``(n, T)`` (a sequence model) give the mean over all ``n T`` positions.
     * ``"mse"``: ``(1/(n d)) sum_i ||f(x_i) - y_i||^2``, the mean over every entry.
 
     Args:
@@ -49,7 +49,7 @@ def loss_value(model, x, y=None, loss="cross_entropy") -> tf.Tensor:
         x: the inputs, an array-like with one example per row (axis 0), or a data source
             of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``;
             see :func:`companion.core.checks.is_data_source`).
-        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+        y: for ``"cross_entropy"``, integer labels ``(n,)`` (or ``(n, T)``); for ``"mse"``,
             the targets, ``d`` values per example.
         loss: ``"cross_entropy"``, ``"mse"`` or a function ``(targets, outputs) -> mean
             loss`` such as a ``keras.losses`` object (see
@@ -57,7 +57,7 @@ def loss_value(model, x, y=None, loss="cross_entropy") -> tf.Tensor:
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
-            ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+            ``"cross_entropy"``) ``y`` not integer labels that match the outputs.
         TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
             or given with a data source, or a one-pass iterator as ``x``.
     """
@@ -104,7 +104,7 @@ def gradients(model, x, y=None, loss="cross_entropy") -> list:
         x: the inputs, an array-like with one example per row (axis 0), or a data source
             of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``;
             see :func:`companion.core.checks.is_data_source`).
-        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+        y: for ``"cross_entropy"``, integer labels ``(n,)`` (or ``(n, T)``); for ``"mse"``,
             the targets, ``d`` values per example.
         loss: ``"cross_entropy"``, ``"mse"`` or a function ``(targets, outputs) -> mean
             loss`` such as a ``keras.losses`` object (see
@@ -112,7 +112,7 @@ def gradients(model, x, y=None, loss="cross_entropy") -> list:
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
-            ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+            ``"cross_entropy"``) ``y`` not integer labels that match the outputs.
         TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
             or given with a data source, or a one-pass iterator as ``x``.
     """
@@ -137,7 +137,7 @@ def input_gradients(model, x, y=None, loss="cross_entropy") -> np.ndarray:
         x: the inputs, an array-like with one example per row (axis 0), or a data source
             of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``;
             see :func:`companion.core.checks.is_data_source`).
-        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+        y: for ``"cross_entropy"``, integer labels ``(n,)`` (or ``(n, T)``); for ``"mse"``,
             the targets, ``d`` values per example.
         loss: ``"cross_entropy"``, ``"mse"`` or a function ``(targets, outputs) -> mean
             loss`` such as a ``keras.losses`` object (see
@@ -145,7 +145,7 @@ def input_gradients(model, x, y=None, loss="cross_entropy") -> np.ndarray:
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
-            ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+            ``"cross_entropy"``) ``y`` not integer labels that match the outputs.
         TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
             or given with a data source, or a one-pass iterator as ``x``.
     """
@@ -198,14 +198,15 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
     """Mean loss, and accuracy for ``"cross_entropy"``, over all of ``(x, y)``.
 
     Returns ``{"loss": float, "accuracy": float}`` (``{"loss": float}`` for ``"mse"``).
-    Batches only bound memory; the result is the mean over every example.
+    Batches only bound memory; the result is the mean over every example (every position
+    of every sequence for labels ``(n, T)``).
 
     Args:
         model: a model that returns logits (``"cross_entropy"``) or predictions (``"mse"``).
         x: the inputs, an array-like with one example per row (axis 0), or a data source
             of ``(x, y)`` batches such as a ``tf.data.Dataset`` (then ``y`` is ``None``;
             see :func:`companion.core.checks.is_data_source`).
-        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+        y: for ``"cross_entropy"``, integer labels ``(n,)`` (or ``(n, T)``); for ``"mse"``,
             the targets, ``d`` values per example.
         loss: ``"cross_entropy"``, ``"mse"`` or a function ``(targets, outputs) -> mean
             loss`` such as a ``keras.losses`` object (see
@@ -214,7 +215,7 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, ``y``
-            not integer labels of shape ``(n,)`` (for ``"cross_entropy"``), or a
+            not integer labels that match the outputs (``"cross_entropy"``), or a
             ``batch_size`` that is not an integer >= 1.
         TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
             or given with a data source, or a one-pass iterator as ``x``.
@@ -228,17 +229,18 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
         batches = ((x[start:start + batch_size], y[start:start + batch_size])
                    for start in range(0, len(x), batch_size))
     like = trainable_parameters(model)[0]
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, correct, count, positions = 0.0, 0, 0, 0
     for xb, yb in batches:
         output = model(as_tensor(xb, like), training=False)
         if loss == "cross_entropy":
-            check_labels(yb, int(output.shape[-1]))
-            correct += int(np.sum(np.argmax(output.numpy(), axis=1) == yb))
+            check_label_outputs(yb, output.shape)
+            correct += int(np.sum(np.argmax(output.numpy(), axis=-1) == yb))
+            positions += yb.size
         total_loss += float(_mean_loss(output, as_tensor(yb, like), loss)) * len(xb)
         count += len(xb)
     result = {"loss": total_loss / count}
     if loss == "cross_entropy":
-        result["accuracy"] = correct / count
+        result["accuracy"] = correct / positions
     return result
 
 
@@ -376,7 +378,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
             batch_loss, output, grads, norm = step_gradients(as_tensor(xb, variables[0]),
                                                              target)
             if y is None and loss == "cross_entropy":  # a source's labels, batch by batch
-                check_labels(yb, int(output.shape[-1]))
+                check_label_outputs(yb, output.shape)
             grads = list(grads)
             loss_item, norm = float(batch_loss), float(norm)
             if monitor is not None:
@@ -386,7 +388,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
             history.loss.append(loss_item)
             history.grad_norm.append(norm)
             if loss == "cross_entropy":
-                history.accuracy.append(float(np.mean(np.argmax(output.numpy(), axis=1)
+                history.accuracy.append(float(np.mean(np.argmax(output.numpy(), axis=-1)
                                                       == yb)))
             if eager_clip is not None:
                 grads = eager_clip(grads)
@@ -399,5 +401,3 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
             bar.update()
             bar.set_postfix(loss=f"{loss_item:.4f}", refresh=False)
     return history
-
-

@@ -14,7 +14,7 @@ import torch
 from ..core.batches import (check_data_source, checked_batches, epoch_batches, example_count,
                             input_batches, is_data_source, minibatches, step_count)
 from ..core.batches import numpy_batches as shared_numpy_batches
-from ..core.checks import check_data, check_labels, check_loss
+from ..core.checks import check_data, check_label_outputs, check_loss
 from .layout import trainable_parameters
 from .runtime import as_tensor, inference_mode
 
@@ -45,7 +45,9 @@ def _batch_mean(compute, source, loss):
 
 def _mean_loss(output: torch.Tensor, target: torch.Tensor, loss) -> torch.Tensor:
     if loss == "cross_entropy":
-        return torch.nn.functional.cross_entropy(output, target)
+        # logits (n, ..., C) and labels (n, ...): the mean over every position
+        return torch.nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]),
+                                                 target.reshape(-1))
     if loss == "mse":
         return torch.nn.functional.mse_loss(output, target.reshape(output.shape))
     value = loss(output, target)
@@ -57,8 +59,8 @@ def _mean_loss(output: torch.Tensor, target: torch.Tensor, loss) -> torch.Tensor
 
 def check_model_data(model, x, y, loss: str):
     """:func:`~companion.core.checks.check_data`, and for ``"cross_entropy"`` that every label
-    names one of the model's outputs (``0 <= y < classes``, ``classes`` read from the
-    model's output on one example); returns ``x, y`` as arrays.
+    names one of the model's outputs and their shapes match (``0 <= y < classes``,
+    read from the model's output on one example); returns ``x, y`` as arrays.
 
     Raises:
         ValueError: as :func:`~companion.core.checks.check_data`, or a label out of range.
@@ -68,7 +70,7 @@ def check_model_data(model, x, y, loss: str):
         # One example: in training mode BatchNorm would refuse it (and count a batch).
         with torch.no_grad(), inference_mode(model):
             output = model(as_tensor(x[:1], trainable_parameters(model)[0]))
-        check_labels(y, int(output.shape[-1]))
+        check_label_outputs(y, output.shape)
     return x, y
 
 

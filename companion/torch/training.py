@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..core.checks import (check_data, check_inputs, check_labels, check_loss, check_masks,
-                           check_positive_int)
+from ..core.checks import (check_data, check_inputs, check_label_outputs, check_loss,
+                           check_masks, check_positive_int)
 from ..core.training import (History, NonFiniteError, check_train_args,
                              nonfinite_clip_message, nonfinite_message, scheduled_lr)
 from .batches import (_batch_mean, _batches, _mean_loss, _numpy, step_count, minibatches,
@@ -32,7 +32,8 @@ def loss_value(model, x, y=None, loss="cross_entropy") -> torch.Tensor:
     """The mean loss of ``model`` on ``(x, y)`` as a scalar tensor (differentiable).
 
     * ``"cross_entropy"``: ``-(1/n) sum_i log softmax(f(x_i))_{y_i}``; the model returns
-      logits and ``y`` holds integer class labels.
+      logits and ``y`` holds integer class labels; logits ``(n, T, C)`` and labels
+      ``(n, T)`` (a sequence model) give the mean over all ``n T`` positions.
     * ``"mse"``: ``(1/(n d)) sum_i ||f(x_i) - y_i||^2``, the mean over every entry.
 
     Runs in inference mode (``model.eval()``: Dropout off, BatchNorm on its running
@@ -43,14 +44,14 @@ def loss_value(model, x, y=None, loss="cross_entropy") -> torch.Tensor:
         x: the inputs, an array-like with one example per row (axis 0), or a data source
             of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``; see
             :func:`companion.core.checks.is_data_source`).
-        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+        y: for ``"cross_entropy"``, integer labels ``(n,)`` (or ``(n, T)``); for ``"mse"``,
             the targets, ``d`` values per example.
         loss: ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> mean
             loss`` (see :func:`companion.core.checks.check_loss`).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
-            ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+            ``"cross_entropy"``) ``y`` not integer labels that match the outputs.
         TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
             or given with a data source, or a one-pass iterator as ``x``.
     """
@@ -75,14 +76,14 @@ def gradients(model, x, y=None, loss="cross_entropy") -> list:
         x: the inputs, an array-like with one example per row (axis 0), or a data source
             of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``; see
             :func:`companion.core.checks.is_data_source`).
-        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+        y: for ``"cross_entropy"``, integer labels ``(n,)`` (or ``(n, T)``); for ``"mse"``,
             the targets, ``d`` values per example.
         loss: ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> mean
             loss`` (see :func:`companion.core.checks.check_loss`).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
-            ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+            ``"cross_entropy"``) ``y`` not integer labels that match the outputs.
         TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
             or given with a data source, or a one-pass iterator as ``x``.
     """
@@ -106,14 +107,14 @@ def input_gradients(model, x, y=None, loss="cross_entropy") -> np.ndarray:
         x: the inputs, an array-like with one example per row (axis 0), or a data source
             of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``; see
             :func:`companion.core.checks.is_data_source`).
-        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+        y: for ``"cross_entropy"``, integer labels ``(n,)`` (or ``(n, T)``); for ``"mse"``,
             the targets, ``d`` values per example.
         loss: ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> mean
             loss`` (see :func:`companion.core.checks.check_loss`).
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, or (for
-            ``"cross_entropy"``) ``y`` not integer labels of shape ``(n,)``.
+            ``"cross_entropy"``) ``y`` not integer labels that match the outputs.
         TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
             or given with a data source, or a one-pass iterator as ``x``.
     """
@@ -168,7 +169,8 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
     """Mean loss, and accuracy for ``"cross_entropy"``, over all of ``(x, y)``.
 
     Returns ``{"loss": float, "accuracy": float}`` (``{"loss": float}`` for ``"mse"``).
-    Batches only bound memory; the result is the mean over every example.
+    Batches only bound memory; the result is the mean over every example (every position
+    of every sequence for labels ``(n, T)``).
     Runs in inference mode (``model.eval()``: Dropout off, BatchNorm on its running
     statistics) and gives every module back its mode; no buffer changes.
 
@@ -177,7 +179,7 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
         x: the inputs, an array-like with one example per row (axis 0), or a data source
             of ``(x, y)`` batches such as a ``DataLoader`` (then ``y`` is ``None``; see
             :func:`companion.core.checks.is_data_source`).
-        y: for ``"cross_entropy"``, integer class labels of shape ``(n,)``; for ``"mse"``,
+        y: for ``"cross_entropy"``, integer labels ``(n,)`` (or ``(n, T)``); for ``"mse"``,
             the targets, ``d`` values per example.
         loss: ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> mean
             loss`` (see :func:`companion.core.checks.check_loss`).
@@ -185,7 +187,7 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
 
     Raises:
         ValueError: an unknown loss, ``x`` and ``y`` of different lengths or empty, ``y``
-            not integer labels of shape ``(n,)`` (for ``"cross_entropy"``), or a
+            not integer labels that match the outputs (``"cross_entropy"``), or a
             ``batch_size`` that is not an integer >= 1.
         TypeError: a loss that is neither a name nor a function, ``y`` missing with arrays
             or given with a data source, or a one-pass iterator as ``x``.
@@ -199,18 +201,19 @@ def evaluate(model, x, y=None, loss="cross_entropy", batch_size: int = 1024) -> 
         batches = ((x[start:start + batch_size], y[start:start + batch_size])
                    for start in range(0, len(x), batch_size))
     like = trainable_parameters(model)[0]
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, correct, count, positions = 0.0, 0, 0, 0
     with torch.no_grad():
         for xb, yb in batches:
             output = model(as_tensor(xb, like))
             if loss == "cross_entropy":
-                check_labels(yb, int(output.shape[-1]))
-                correct += int(np.sum(output.argmax(dim=1).cpu().numpy() == yb))
+                check_label_outputs(yb, output.shape)
+                correct += int(np.sum(output.argmax(dim=-1).cpu().numpy() == yb))
+                positions += yb.size
             total_loss += _mean_loss(output, as_tensor(yb, like), loss).item() * len(xb)
             count += len(xb)
     result = {"loss": total_loss / count}
     if loss == "cross_entropy":
-        result["accuracy"] = correct / count
+        result["accuracy"] = correct / positions
     return result
 
 
@@ -333,7 +336,7 @@ def _train(model, x, y, *, epochs, lr, batch_size, optimizer, momentum, loss, cl
                 _mask_weights(masked)
             output = model(xb)
             if y is None and loss == "cross_entropy":  # a source's labels, batch by batch
-                check_labels(_numpy(yb), int(output.shape[-1]))
+                check_label_outputs(_numpy(yb), output.shape)
             batch_loss = _mean_loss(output, yb, loss)
             grads = list(torch.autograd.grad(batch_loss, params))
             loss_item, norm, accuracy = _step_numbers(batch_loss, output, yb, loss, grads)
@@ -387,9 +390,9 @@ def _step_numbers(batch_loss, output, target, loss, grads) -> tuple:
             else total_norm(present))
     numbers = [batch_loss.detach(), norm]
     if loss == "cross_entropy":
-        numbers.append((output.argmax(dim=1) == target).sum())
+        numbers.append((output.argmax(dim=-1) == target).sum())
     values = torch.stack([n.to(torch.float64) for n in numbers]).tolist()
     if same and not _trustworthy(torch.tensor(values[1], dtype=present[0].dtype)):
         values[1] = float(total_norm(present))
-    return values[0], values[1], values[2] / len(target) if len(values) == 3 else None
+    return values[0], values[1], values[2] / target.numel() if len(values) == 3 else None
 
