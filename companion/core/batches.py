@@ -86,6 +86,21 @@ def input_batches(source, to_numpy):
         raise ValueError("the data source yielded no batch")
 
 
+def input_chunks(x, batch_size: int, to_numpy):
+    """The inputs of ``x`` as NumPy batches: ``batch_size`` consecutive rows of an array,
+    or the inputs of a data source's batches as they come (see :func:`input_batches`).
+
+    Raises:
+        ValueError: ``x`` empty or without an example axis, or a ``batch_size`` that is
+            not an integer >= 1.
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    if is_data_source(x):
+        return input_batches(x, to_numpy)
+    x = check_inputs(x)
+    return (x[start:start + batch_size] for start in range(0, len(x), batch_size))
+
+
 def checked_batches(source, loss, to_numpy):
     """Yield the ``(x, y)`` batches of a data source as checked NumPy arrays.
 

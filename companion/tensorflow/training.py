@@ -18,13 +18,12 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ..core.checks import (check_data, check_inputs, check_label_outputs, check_loss,
+from ..core.checks import (check_data, check_label_outputs, check_loss,
                            check_masks, check_positive_int)
 from ..core.training import (History, NonFiniteError, check_train_args,
                              nonfinite_clip_message, nonfinite_message, scheduled_lr)
 from .batches import (_batch_mean, _batches, _mean_loss, _numpy, step_count,
-                      check_data_source, check_model_data, checked_batches, input_batches,
-                      is_data_source)
+                      check_data_source, check_model_data, checked_batches, input_arrays)
 from .clipping import Clip, clip_function
 from .diagnostics import total_norm
 from .layout import parameter_names, trainable_parameters
@@ -183,12 +182,7 @@ def predict(model, x, batch_size: int = 1024) -> np.ndarray:
         ValueError: ``x`` empty or without an example axis, or a ``batch_size`` that is
             not an integer >= 1.
     """
-    batch_size = check_positive_int("batch_size", batch_size)
-    if is_data_source(x):
-        batches = input_batches(x, _numpy)
-    else:
-        x = check_inputs(x)
-        batches = (x[start:start + batch_size] for start in range(0, len(x), batch_size))
+    batches = input_arrays(x, batch_size)
     like = trainable_parameters(model)[0]
     return np.concatenate([model(as_tensor(xb, like), training=False).numpy()
                            for xb in batches])

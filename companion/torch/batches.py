@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from ..core.batches import (check_data_source, checked_batches, epoch_batches, example_count,
-                            input_batches, is_data_source, minibatches, step_count)
+                            input_batches, input_chunks, is_data_source, minibatches,
+                            step_count)
 from ..core.batches import numpy_batches as shared_numpy_batches
 from ..core.checks import check_data, check_label_outputs, check_loss
 from .layout import trainable_parameters
@@ -20,13 +21,18 @@ from .runtime import as_tensor, inference_mode
 
 # Re-exported for the modules that take data.
 __all__ = ["check_data_source", "is_data_source", "checked_batches", "input_batches",
-           "minibatches", "step_count", "check_model_data", "numpy_batches"]
+           "minibatches", "step_count", "check_model_data", "numpy_batches", "input_arrays"]
 
 
 def _numpy(tensor) -> np.ndarray:
     if isinstance(tensor, torch.Tensor):
         return tensor.detach().cpu().numpy()
     return np.asarray(tensor)
+
+
+def input_arrays(x, batch_size: int):
+    """:func:`companion.core.batches.input_chunks` for this back end's tensors."""
+    return input_chunks(x, batch_size, _numpy)
 
 
 def _batch_mean(compute, source, loss):
