@@ -141,3 +141,82 @@ def test_wanda_scores_need_dense_layers(backend):
     assert sum(s is not None for s in scores) == 1
     with pytest.raises(ValueError, match="batch_size"):
         backend.wanda_scores(model, sequence, batch_size=0)
+
+
+def least_squares_rows(weight, inputs, mask, damping=0.01):
+    """The optimum of ||X w - X w'||^2 + lambda ||w - w'||^2 over w' with the mask's
+    zeros, row by row: w'_K = H_KK^-1 (H w)_K."""
+    gram = inputs.T.astype(np.float64) @ inputs
+    h = gram + damping * np.mean(np.diag(gram)) * np.eye(len(gram))
+    out = np.zeros_like(weight, dtype=np.float64)
+    for row in range(len(weight)):
+        kept = mask[row].astype(bool)
+        out[row, kept] = np.linalg.solve(h[np.ix_(kept, kept)], (h @ weight[row])[kept])
+    return out
+
+
+def test_layerwise_obs_ends_at_the_least_squares_optimum_of_its_masks(backend):
+    model = backend.mlp([8, 12, 6, 4], seed=2)
+    dense = backend.get_weights(model)
+    masks = backend.to_canonical(model, backend.layerwise_obs_prune(model, X, 0.5,
+                                                                    batch_size=16))
+    pruned = backend.get_weights(model)
+    inputs = X.astype(np.float64)
+    for i in (0, 2, 4):
+        assert np.all((masks[i] == 0).sum(axis=1) == round(0.5 * dense[i].shape[1]))
+        np.testing.assert_array_equal(pruned[i][masks[i] == 0], 0)
+        expected = least_squares_rows(dense[i], inputs, masks[i])
+        np.testing.assert_allclose(pruned[i], expected, rtol=1e-3, atol=1e-5)
+        np.testing.assert_array_equal(pruned[i + 1], dense[i + 1])  # biases untouched
+        # the next layer sees the outputs of this one, pruned
+        inputs = inputs @ pruned[i].T.astype(np.float64) + pruned[i + 1]
+        inputs = np.maximum(inputs, 0)
+
+
+def test_layerwise_obs_agrees_across_back_ends_and_beats_magnitude():
+    models = [b.mlp([8, 12, 4], seed=3) for b in (ct, ctf)]
+    dense = ct.get_weights(models[0])
+    masks = [b.to_canonical(m, b.layerwise_obs_prune(m, X, 0.5))
+             for b, m in zip((ct, ctf), models)]
+    for a, b in zip(*masks):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(ct.get_weights(models[0]), ctf.get_weights(models[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # First layer: the output it reconstructs, against magnitude's rows at 50%.
+    w, obs = dense[0], ct.get_weights(models[0])[0]
+    magnitude = w * (np.abs(w) >= np.sort(np.abs(w), axis=1)[:, [4]])  # 4 of 8
+    error = {name: np.sum((X @ (w - v).T) ** 2) for name, v in
+             (("obs", obs), ("magnitude", magnitude))}
+    assert error["obs"] < error["magnitude"]
+
+
+def test_layerwise_obs_refuses_bad_input_and_changes_nothing(backend):
+    model = backend.mlp([8, 12, 4], seed=0)
+    before = backend.get_weights(model)
+    for kwargs, error in (({"sparsity": 1.0}, ValueError),
+                          ({"sparsity": 0.5, "damping": 0.0}, ValueError),
+                          ({"sparsity": 0.5, "batch_size": 0}, ValueError)):
+        with pytest.raises(error):
+            backend.layerwise_obs_prune(model, X, **kwargs)
+    with pytest.raises((ValueError, RuntimeError)):  # the framework's own shape error
+        backend.layerwise_obs_prune(model, X[:, :5], 0.5)
+    for a, b in zip(before, backend.get_weights(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_layerwise_obs_is_all_or_nothing_when_a_later_layer_fails():
+    class Unused(torch.nn.Module):  # its second layer never sees the data
+        def __init__(self):
+            super().__init__()
+            self.first, self.never = torch.nn.Linear(8, 4), torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.first(x)
+
+    model = Unused()
+    before = ct.get_weights(model)
+    with pytest.raises(ValueError, match="not called"):
+        ct.layerwise_obs_prune(model, X, 0.5)
+    for a, b in zip(before, ct.get_weights(model)):
+        np.testing.assert_array_equal(a, b)

@@ -10,33 +10,39 @@ from __future__ import annotations
 
 import keras
 
-from ..core.layerwise import feature_square_sums, wanda_score
+from ..core.checks import check_positive, check_sparsity
+from ..core.layerwise import feature_square_sums, input_gram, obc_prune_rows, wanda_score
 from .batches import input_arrays
-from .layout import from_canonical, get_weights, trainable_parameters
+from .layout import from_canonical, get_weights, set_weights, trainable_parameters
 from .runtime import as_tensor
 
-__all__ = ["wanda_scores"]
+__all__ = ["wanda_scores", "layerwise_obs_prune"]
 
 
-def _recording_call(layer, sums: dict):
+def _dense_layers(model) -> list:
+    """The model's ``Dense`` layers whose kernel trains, in the order Keras tracks them."""
+    trainable = {id(v) for v in trainable_parameters(model)}
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.Dense) and id(layer.kernel) in trainable]
+
+
+def _recording_call(layer, statistic, sums: dict):
     original = layer.call
 
     def call(inputs, *args, **kwargs):
-        batch = feature_square_sums(keras.ops.convert_to_numpy(inputs))
+        batch = statistic(keras.ops.convert_to_numpy(inputs))
         sums[id(layer.kernel)] = sums.get(id(layer.kernel), 0) + batch
         return original(inputs, *args, **kwargs)
     return call
 
 
-def _dense_input_square_sums(model, x, batch_size: int) -> dict:
-    """``{id(kernel): feature square sums of the layer's inputs}`` for every ``Dense``
-    layer, accumulated over the batches of ``x``."""
-    dense = [layer for layer in model._flatten_layers(include_self=False)
-             if isinstance(layer, keras.layers.Dense)]
+def _input_statistics(model, x, batch_size: int, statistic, dense) -> dict:
+    """``{id(kernel): sum over the batches of statistic(layer inputs)}`` for the ``Dense``
+    layers in ``dense``."""
     like = trainable_parameters(model)[0]
     sums = {}
     for layer in dense:
-        layer.call = _recording_call(layer, sums)  # an instance attribute, for this pass
+        layer.call = _recording_call(layer, statistic, sums)  # for this pass only
     try:
         for xb in input_arrays(x, batch_size):
             model(as_tensor(xb, like), training=False)
@@ -69,7 +75,8 @@ def wanda_scores(model, x, batch_size: int = 1024) -> list:
     Raises:
         ValueError: bad ``x`` or ``batch_size``, or a model without ``Dense`` layers.
     """
-    sums = _dense_input_square_sums(model, x, batch_size)
+    sums = _input_statistics(model, x, batch_size, feature_square_sums,
+                             _dense_layers(model))
     if not sums:
         raise ValueError("wanda_scores scores the kernels of Dense layers; the model has "
                          "none")
@@ -77,3 +84,55 @@ def wanda_scores(model, x, batch_size: int = 1024) -> list:
     scores = [wanda_score(w, sums[id(v)]) if id(v) in sums else None
               for v, w in zip(variables, get_weights(model))]
     return from_canonical(model, scores)
+
+
+def layerwise_obs_prune(model, x, sparsity: float, damping: float = 0.01,
+                        batch_size: int = 1024) -> list:
+    """Prune every ``Dense`` kernel row by row with exact OBS on the layer's output.
+
+    Layer by layer, in the order Keras tracks them: one pass over ``x`` collects
+    ``X^T X`` of the layer's inputs (through the layers pruned before it, as SparseGPT
+    does), then :func:`companion.core.layerwise.obc_prune_rows` removes
+    ``round(sparsity * in)`` weights of every output (a row of the canonical ``(out, in)``
+    kernel) and moves the others to keep ``X w`` (Optimal Brain Compression, Frantar &
+    Alistarh 2022). Biases, convolutions and recurrent kernels are untouched. The model is
+    updated in place; on any error it is given back unchanged. Runs in inference mode.
+
+    Args:
+        model: a Keras model with ``Dense`` layers, e.g. from :func:`mlp`.
+        x: inputs (one example per row), or a data source whose batches are inputs or
+            ``(x, y)`` pairs (``y`` is ignored); read once per layer.
+        sparsity: the fraction of each row to prune, a number in ``[0, 1)``.
+        damping: added to ``X^T X`` as ``damping * mean(diag(X^T X)) I``, a number > 0.
+        batch_size: examples per forward pass with arrays, an integer >= 1.
+
+    Returns:
+        One 0/1 mask (or ``None``) per trainable variable, as :func:`masks_from_scores`.
+
+    Raises:
+        ValueError, TypeError: bad ``sparsity``, ``damping``, ``x`` or ``batch_size``, or
+            a model without ``Dense`` layers.
+    """
+    sparsity = check_sparsity(sparsity)
+    damping = check_positive("damping", damping)
+    dense = _dense_layers(model)
+    if not dense:
+        raise ValueError("layerwise_obs_prune prunes Dense layers; the model has none")
+    variables = trainable_parameters(model)
+    index = {id(v): i for i, v in enumerate(variables)}
+    original = get_weights(model)
+    weights, masks = list(original), [None] * len(variables)
+    try:
+        for layer in dense:
+            gram = _input_statistics(model, x, batch_size, input_gram, [layer])
+            if id(layer.kernel) not in gram:
+                raise ValueError(f"the Dense layer {layer.name!r} was not called on the "
+                                 "data")
+            i = index[id(layer.kernel)]
+            weights[i], masks[i] = obc_prune_rows(weights[i], gram[id(layer.kernel)],
+                                                  sparsity, damping)
+            set_weights(model, weights)
+    except BaseException:
+        set_weights(model, original)
+        raise
+    return from_canonical(model, masks)
