@@ -397,7 +397,7 @@ def test_chapters_offer_their_notebook_and_no_outside_launch(book_html):
 NEUTRAL_MODULES = tuple(f"companion.core.{name}" for name in (
     "checks", "batches", "runtime", "layout", "models", "training", "diagnostics",
     "clipping", "pruning", "distributed", "curvature", "obs", "diagonals", "schedules", "attention",
-    "mask_io", "patterns", "layerwise")) + ("companion.experiments",)
+    "mask_io", "patterns", "layerwise", "structured")) + ("companion.experiments",)
 
 
 def _public_names():

@@ -10,6 +10,7 @@ from .curvature import (hessian, hessian_diagonal, hutchinson_trace, hvp, obd_sc
                         top_eigenvalue)
 from .obs import obs_prune
 from .layerwise import layerwise_obs_prune, wanda_scores
+from .structured import prune_units, structured_scores
 from .patterns import nm_masks
 from .diagonals import ggn_diagonal
 from .diagnostics import (GradientMonitor, global_norm, layer_norms, parameter_norms,
@@ -45,7 +46,8 @@ __all__ = [
     "constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",
     "GradualPruningResult", "compressed_size", "CompressedSize",
     "hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
-    "obd_scores", "obs_prune", "wanda_scores", "nm_masks", "layerwise_obs_prune", "ggn_diagonal",
+    "obd_scores", "obs_prune", "wanda_scores", "nm_masks", "layerwise_obs_prune", "structured_scores",
+    "prune_units", "ggn_diagonal",
     "save_masks", "load_masks", "export_masks", "import_masks",
     "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
     "DataParallelStep", "DATA_PARALLEL_CLIPS", "data_parallel_pruning", "DataParallelPruning",
