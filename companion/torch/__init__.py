@@ -22,7 +22,8 @@ from .mask_io import export_masks, import_masks, load_masks, save_masks
 from .layout import (from_canonical, get_weights, parameter_names, set_weights, to_canonical,
                      trainable_parameters)
 from .models import RecurrentLayer, ResidualMLP, mlp, rnn
-from .pruning import (apply_masks, compressed_size, gradient_scores, keep_masks_after_step,
+from .pruning import (MovementScores, apply_masks, compressed_size, gradient_scores,
+                      keep_masks_after_step,
                       magnitude_scores, masks_from_scores, prune, random_scores, snip_scores,
                       sparsity_report, taylor_scores)
 from .runtime import as_tensor, device, seed_everything
@@ -42,11 +43,13 @@ __all__ = [
     "clip_function", "clip_grads_",
     "total_norm", "global_norm", "parameter_norms", "layer_norms", "GradientMonitor",
     "magnitude_scores", "random_scores", "gradient_scores", "snip_scores", "taylor_scores",
+    "MovementScores",
     "masks_from_scores", "apply_masks", "prune", "keep_masks_after_step", "sparsity_report",
     "constant_sparsity", "polynomial_decay", "pruning_steps", "prune_gradually",
     "GradualPruningResult", "compressed_size", "CompressedSize",
     "hvp", "hessian", "hessian_diagonal", "hutchinson_trace", "top_eigenvalue",
-    "obd_scores", "obs_prune", "wanda_scores", "nm_masks", "layerwise_obs_prune", "structured_scores",
+    "obd_scores", "obs_prune", "wanda_scores", "nm_masks", "layerwise_obs_prune",
+    "structured_scores",
     "prune_units", "ggn_diagonal",
     "save_masks", "load_masks", "export_masks", "import_masks",
     "data_parallel_step", "compare_data_parallel_clipping", "single_process_step",
