@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["feature_square_sums", "input_gram", "wanda_score", "obc_prune_rows"]
+__all__ = ["feature_square_sums", "input_gram", "wanda_score", "obc_prune_rows",
+           "obc_prune_layers"]
 
 
 def feature_square_sums(inputs) -> np.ndarray:
@@ -92,3 +93,38 @@ def obc_prune_rows(weight, gram, sparsity: float, damping: float = 0.01) -> tupl
         kept[every_row, q] = False
         w[~kept] = 0.0  # exact zeros where rounding left a residue
     return w.astype(weight.dtype), kept.astype(weight.dtype)
+
+
+def obc_prune_layers(weights: list, layers: list, gram_of, set_weights, sparsity: float,
+                     damping: float) -> list:
+    """:func:`obc_prune_rows` on each layer in turn, all or nothing.
+
+    Args:
+        weights: the model's canonical parameters (a list; not modified).
+        layers: ``(index in weights, layer)`` pairs in the order to prune.
+        gram_of: ``layer -> X^T X`` of its inputs on the data through the model as it is
+            now (``None`` if the data never reached the layer).
+        set_weights: writes a full list of canonical parameters into the model.
+        sparsity, damping: as in :func:`obc_prune_rows`.
+
+    Returns:
+        One 0/1 mask (canonical) per parameter, ``None`` where nothing was pruned.
+
+    Raises:
+        ValueError: a layer the data never reached; the model gets ``weights`` back on
+            this or any other error.
+    """
+    pruned, masks = list(weights), [None] * len(weights)
+    try:
+        for index, layer in layers:
+            gram = gram_of(layer)
+            if gram is None:
+                raise ValueError(f"parameter {index} belongs to a layer that the data "
+                                 "never reached: it was not called on the data")
+            pruned[index], masks[index] = obc_prune_rows(pruned[index], gram, sparsity,
+                                                         damping)
+            set_weights(pruned)
+    except BaseException:
+        set_weights(weights)
+        raise
+    return masks

@@ -284,3 +284,44 @@ class CompressedSize:
         lines.append(f"dense / sparse = {self.ratio:.2f} (CSR, {self.index_bits}-bit column "
                      "indices)")
         return "\n".join(lines)
+
+
+class MovementScoreRecorder:
+    """Movement pruning's scores (Sanh et al. 2020), accumulated during training.
+
+    ``S = -sum_t g_t * w_t`` entry by entry, over the steps recorded, with ``g_t`` the
+    minibatch gradient and ``w_t`` the weights before step ``t``: a weight scores high
+    when training moves it away from zero, whatever its size, which is what matters when
+    fine-tuning a pre-trained model to a new task. Pass it as ``train``'s ``monitor``
+    (it has ``record(step, grads)``) or call :meth:`record` in a loop of one's own, then
+    :meth:`scores` gives one tensor per trainable parameter (higher means keep) for
+    ``masks_from_scores``. Each back end's ``MovementScores`` supplies ``_terms(grads)``
+    (checked ``-g * w``, one tensor per parameter) and ``_copy(tensor)``.
+
+    Args:
+        model: the model being trained.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.steps = 0
+        self._totals = None
+
+    def record(self, step: int, grads) -> None:
+        """Add ``-g * w`` of one step (``grads`` aligned with the parameters, taken
+        before the update)."""
+        terms = self._terms(list(grads))
+        self._totals = terms if self._totals is None else [
+            t + u for t, u in zip(self._totals, terms)]
+        self.steps += 1
+
+    def scores(self) -> list:
+        """The accumulated ``S``, one tensor per trainable parameter.
+
+        Raises:
+            ValueError: no step was recorded.
+        """
+        if self._totals is None:
+            raise ValueError("no training step was recorded: pass this object as train's "
+                             "monitor, or call record(step, grads) after each gradient")
+        return [self._copy(t) for t in self._totals]

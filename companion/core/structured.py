@@ -19,8 +19,8 @@ import numpy as np
 from .checks import check_sparsity
 from .pruning import keep_all_but_lowest
 
-__all__ = ["UNIT_CRITERIA", "l1_unit_scores", "taylor_unit_terms", "units_to_keep",
-           "shrink_dense_chain"]
+__all__ = ["UNIT_CRITERIA", "l1_unit_scores", "taylor_unit_terms", "check_unit_scores",
+           "units_to_keep", "shrink_dense_chain"]
 
 UNIT_CRITERIA = ("l1", "taylor")
 
@@ -36,6 +36,26 @@ def taylor_unit_terms(weight, bias, weight_grad, bias_grad) -> np.ndarray:
     if bias is not None:
         term = term + np.asarray(bias_grad, np.float64) * np.asarray(bias, np.float64)
     return term
+
+
+def check_unit_scores(scores: dict, units: dict) -> dict:
+    """``scores`` restricted to the hidden layers, checked: one score per unit.
+
+    Args:
+        scores: ``{layer name: unit scores}``.
+        units: ``{hidden layer name: its number of units}``, in order.
+
+    Raises:
+        ValueError: ``scores`` does not name exactly the hidden layers, or a layer's
+            scores are not one per unit.
+    """
+    if sorted(scores) != sorted(units):
+        raise ValueError(f"scores must name the hidden layers {list(units)}, got "
+                         f"{sorted(scores)}")
+    for name, count in units.items():
+        if len(scores[name]) != count:
+            raise ValueError(f"{name} has {count} units, got {len(scores[name])} scores")
+    return {name: scores[name] for name in units}
 
 
 def units_to_keep(scores: dict, fraction: float) -> dict:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import keras
 
 from ..core.checks import check_positive, check_sparsity
-from ..core.layerwise import feature_square_sums, input_gram, obc_prune_rows, wanda_score
+from ..core.layerwise import (feature_square_sums, input_gram, obc_prune_layers,
+                               wanda_score)
 from .batches import input_arrays
 from .layout import from_canonical, get_weights, set_weights, trainable_parameters
 from .runtime import as_tensor
@@ -118,21 +119,14 @@ def layerwise_obs_prune(model, x, sparsity: float, damping: float = 0.01,
     dense = _dense_layers(model)
     if not dense:
         raise ValueError("layerwise_obs_prune prunes Dense layers; the model has none")
-    variables = trainable_parameters(model)
-    index = {id(v): i for i, v in enumerate(variables)}
-    original = get_weights(model)
-    weights, masks = list(original), [None] * len(variables)
-    try:
-        for layer in dense:
-            gram = _input_statistics(model, x, batch_size, input_gram, [layer])
-            if id(layer.kernel) not in gram:
-                raise ValueError(f"the Dense layer {layer.name!r} was not called on the "
-                                 "data")
-            i = index[id(layer.kernel)]
-            weights[i], masks[i] = obc_prune_rows(weights[i], gram[id(layer.kernel)],
-                                                  sparsity, damping)
-            set_weights(model, weights)
-    except BaseException:
-        set_weights(model, original)
-        raise
+    index = {id(v): i for i, v in enumerate(trainable_parameters(model))}
+
+    def gram_of(layer):
+        statistics = _input_statistics(model, x, batch_size, input_gram, [layer])
+        return statistics.get(id(layer.kernel))
+
+    masks = obc_prune_layers(get_weights(model),
+                             [(index[id(layer.kernel)], layer) for layer in dense],
+                             gram_of, lambda arrays: set_weights(model, arrays), sparsity,
+                             damping)
     return from_canonical(model, masks)

@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from ..core.checks import (check_choice, check_flag, check_masks, check_matching_shapes,
                            check_sparsity, check_tensor_list)
-from ..core.pruning import (SCOPES, CompressedSize, SparsityReport, is_weight,
-                            lowest_score_masks, random_canonical_scores)
+from ..core.pruning import (SCOPES, CompressedSize, MovementScoreRecorder, SparsityReport,
+                            is_weight, lowest_score_masks, random_canonical_scores)
 from .batches import _example_count, numpy_batches
 from .layout import (from_canonical, get_weights, parameter_names, to_canonical,
                      trainable_parameters)
@@ -336,44 +336,17 @@ def compressed_size(model, index_bits: int = 32) -> CompressedSize:
     return CompressedSize.from_arrays(parameter_names(model), get_weights(model), index_bits)
 
 
-class MovementScores:
-    """Movement pruning's scores (Sanh et al. 2020), accumulated during training.
-
-    ``S = -sum_t g_t * w_t`` entry by entry, over the steps recorded, with ``g_t`` the
-    minibatch gradient and ``w_t`` the weights before step ``t``: a weight scores high
-    when training moves it away from zero, whatever its size, which is what matters when
-    fine-tuning a pre-trained model to a new task. Pass it as ``train``'s ``monitor``
-    (it has ``record(step, grads)``) or call :meth:`record` in a loop of one's own, then
-    :meth:`scores` gives one tensor per trainable parameter (higher means keep) for
-    :func:`masks_from_scores`.
-
-    Args:
-        model: the model being trained.
+class MovementScores(MovementScoreRecorder):
+    """Movement pruning's scores ``S = -sum_t g_t * w_t`` (Sanh et al. 2020), accumulated
+    as ``train``'s ``monitor``; see :class:`companion.core.pruning.MovementScoreRecorder`.
     """
 
-    def __init__(self, model):
-        self.model = model
-        self.steps = 0
-        self._totals = None
-
-    def record(self, step: int, grads) -> None:
-        """Add ``-g * w`` of one step (``grads`` aligned with the parameters, taken
-        before the update)."""
+    def _terms(self, grads) -> list:
         variables = trainable_parameters(self.model)
         grads = _check_shapes(self.model, [tf.convert_to_tensor(g) for g in grads],
                               "gradient")
-        terms = [-g * tf.convert_to_tensor(v) for g, v in zip(grads, variables)]
-        self._totals = terms if self._totals is None else [
-            t + u for t, u in zip(self._totals, terms)]
-        self.steps += 1
+        return [-g * tf.convert_to_tensor(v) for g, v in zip(grads, variables)]
 
-    def scores(self) -> list:
-        """The accumulated ``S``, one tensor per trainable variable.
-
-        Raises:
-            ValueError: no step was recorded.
-        """
-        if self._totals is None:
-            raise ValueError("no training step was recorded: pass this object as train's "
-                             "monitor, or call record(step, grads) after each gradient")
-        return [tf.identity(t) for t in self._totals]
+    @staticmethod
+    def _copy(t):
+        return tf.identity(t)

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 
 from ..core.checks import check_choice
-from ..core.structured import (UNIT_CRITERIA, l1_unit_scores, shrink_dense_chain,
-                               taylor_unit_terms, units_to_keep)
+from ..core.structured import (UNIT_CRITERIA, check_unit_scores, l1_unit_scores,
+                               shrink_dense_chain, taylor_unit_terms, units_to_keep)
 from .layout import parameter_names
 from .pruning import _batch_gradients
 
@@ -114,13 +114,8 @@ def prune_units(model, scores: dict, fraction: float):
     """
     dense = _dense_chain(model)
     hidden = [layer.name for layer in dense[:-1]]
-    if sorted(scores) != sorted(hidden):
-        raise ValueError(f"scores must name the hidden layers {hidden}, got {sorted(scores)}")
-    for layer in dense[:-1]:
-        if len(scores[layer.name]) != layer.units:
-            raise ValueError(f"{layer.name} has {layer.units} units, got "
-                             f"{len(scores[layer.name])} scores")
-    keep = units_to_keep({name: scores[name] for name in hidden}, fraction)
+    scores = check_unit_scores(scores, {layer.name: layer.units for layer in dense[:-1]})
+    keep = units_to_keep(scores, fraction)
     pairs = shrink_dense_chain([_canonical(layer) for layer in dense],
                                [keep[name] for name in hidden] + [None])
     shrunk = {layer.name: pair for layer, pair in zip(dense, pairs)}

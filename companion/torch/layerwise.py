@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..core.checks import check_positive, check_sparsity
-from ..core.layerwise import feature_square_sums, input_gram, obc_prune_rows, wanda_score
+from ..core.layerwise import (feature_square_sums, input_gram, obc_prune_layers,
+                               wanda_score)
 from .batches import input_arrays
 from .layout import from_canonical, get_weights, set_weights, trainable_parameters
 from .runtime import as_tensor, measured_in_inference_mode
@@ -119,21 +120,12 @@ def layerwise_obs_prune(model, x, sparsity: float, damping: float = 0.01,
     linear = _linear_weights(model)
     if not linear:
         raise ValueError("layerwise_obs_prune prunes nn.Linear layers; the model has none")
-    params = trainable_parameters(model)
-    index = {id(p): i for i, p in enumerate(params)}
-    original = get_weights(model)
-    weights, masks = list(original), [None] * len(params)
-    try:
-        for weight in linear:
-            gram = _input_statistics(model, x, batch_size, input_gram, [weight])
-            if id(weight) not in gram:
-                raise ValueError(f"layer {index[id(weight)]} of the parameters was not "
-                                 "called on the data")
-            i = index[id(weight)]
-            weights[i], masks[i] = obc_prune_rows(weights[i], gram[id(weight)], sparsity,
-                                                  damping)
-            set_weights(model, weights)
-    except BaseException:
-        set_weights(model, original)
-        raise
+    index = {id(p): i for i, p in enumerate(trainable_parameters(model))}
+
+    def gram_of(weight):
+        return _input_statistics(model, x, batch_size, input_gram, [weight]).get(id(weight))
+
+    masks = obc_prune_layers(get_weights(model), [(index[id(w)], w) for w in linear],
+                             gram_of, lambda arrays: set_weights(model, arrays), sparsity,
+                             damping)
     return from_canonical(model, masks)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..core.checks import check_choice
-from ..core.structured import (UNIT_CRITERIA, l1_unit_scores, shrink_dense_chain,
-                               taylor_unit_terms, units_to_keep)
+from ..core.structured import (UNIT_CRITERIA, check_unit_scores, l1_unit_scores,
+                               shrink_dense_chain, taylor_unit_terms, units_to_keep)
 from .layout import parameter_names
 from .pruning import _batch_gradients
 from .runtime import measured_in_inference_mode
@@ -116,13 +116,8 @@ def prune_units(model, scores: dict, fraction: float) -> nn.Sequential:
     chain = _dense_chain(model)
     layers = dict(model.named_children())
     hidden = chain[:-1]
-    if sorted(scores) != sorted(hidden):
-        raise ValueError(f"scores must name the hidden layers {hidden}, got {sorted(scores)}")
-    for name in hidden:
-        if len(scores[name]) != layers[name].out_features:
-            raise ValueError(f"{name} has {layers[name].out_features} units, got "
-                             f"{len(scores[name])} scores")
-    keep = units_to_keep({name: scores[name] for name in hidden}, fraction)
+    scores = check_unit_scores(scores, {n: layers[n].out_features for n in hidden})
+    keep = units_to_keep(scores, fraction)
     pairs = shrink_dense_chain([(_numpy(layers[n].weight), _numpy(layers[n].bias))
                                 for n in chain], [keep[n] for n in hidden] + [None])
     like = layers[chain[0]].weight
