@@ -84,7 +84,7 @@ def test_train_refuses_any_bad_setting_and_trains_nothing(name, argument, data):
 
 @pytest.mark.parametrize("name", BACKENDS)
 @PROPERTY
-@given(sparsity=bad(fraction), scope=st.sampled_from(["global", "layer"]))
+@given(sparsity=bad(fraction), scope=st.sampled_from(["global", "layer", "row"]))
 def test_prune_refuses_any_bad_sparsity(name, sparsity, scope):
     backend = BACKENDS[name]
     scores = backend.magnitude_scores(MODELS[name])
@@ -94,7 +94,7 @@ def test_prune_refuses_any_bad_sparsity(name, sparsity, scope):
 
 @pytest.mark.parametrize("name", BACKENDS)
 @PROPERTY
-@given(scope=bad(lambda v: v in ("global", "layer")),
+@given(scope=bad(lambda v: v in ("global", "layer", "row")),
        prune_biases=bad(lambda v: isinstance(v, bool)))
 def test_prune_refuses_any_bad_scope_or_flag(name, scope, prune_biases):
     backend = BACKENDS[name]

@@ -38,6 +38,35 @@ def test_layer_scope_matches_torch_l1_unstructured(backend, sparsity):
         np.testing.assert_array_equal(mask, layer.weight_mask.numpy())
 
 
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9])
+def test_row_scope_matches_torch_l1_unstructured_on_each_row(backend, sparsity):
+    model = backend.mlp(SIZES, seed=5)
+    masks = canonical_masks(backend, model, backend.masks_from_scores(
+        model, backend.magnitude_scores(model), sparsity, scope="row"))
+    for weight, mask in zip(backend.get_weights(model), masks):
+        if weight.ndim < 2:
+            assert mask is None
+            continue
+        for row, row_mask in zip(weight, mask):
+            layer = torch.nn.Linear(len(row), 1)
+            with torch.no_grad():
+                layer.weight.copy_(torch.as_tensor(row[None]))
+            torch_prune.l1_unstructured(layer, "weight", amount=sparsity)
+            np.testing.assert_array_equal(row_mask, layer.weight_mask.numpy()[0])
+
+
+def test_row_scope_breaks_ties_by_position_and_takes_a_bias_as_one_row(backend):
+    model = backend.mlp([4, 2], seed=0)
+    # Canonical (out, in) = (2, 4) weight scores, then the bias's.
+    scores = [np.array([[1.0, 1.0, 1.0, 1.0], [3.0, 2.0, 2.0, 1.0]]),
+              np.array([5.0, 4.0])]
+    masks = backend.to_canonical(model, backend.masks_from_scores(
+        model, backend.from_canonical(model, scores), 0.5, scope="row",
+        prune_biases=True))
+    np.testing.assert_array_equal(masks[0], [[0, 0, 1, 1], [1, 0, 1, 0]])
+    np.testing.assert_array_equal(masks[1], [1, 0])
+
+
 @pytest.mark.parametrize("sparsity", [0.25, 0.8])
 def test_global_scope_matches_torch_global_unstructured(backend, sparsity):
     model = backend.mlp(SIZES, seed=4)
@@ -118,7 +147,7 @@ def test_apply_masks_zeroes_exactly_the_masked_entries(backend):
 @pytest.mark.parametrize("bad, error", [
     (dict(sparsity=1.0), "sparsity must be in \\[0, 1\\)"),
     (dict(sparsity=-0.1), "sparsity must be in \\[0, 1\\)"),
-    (dict(scope="row"), "unknown scope 'row'; allowed: 'global', 'layer'"),
+    (dict(scope="column"), "unknown scope 'column'; allowed: 'global', 'layer', 'row'"),
 ])
 def test_bad_arguments_raise_and_change_nothing(backend, bad, error):
     model = backend.mlp(SIZES, seed=7)

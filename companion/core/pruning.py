@@ -14,7 +14,8 @@ import numpy as np
 from .checks import check_choice, resolve_seed
 
 
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer")  # what gradual pruning ranks over
+MASK_SCOPES = SCOPES + ("row",)  # one-shot masks may also rank within each output row
 
 
 def is_weight(name: str, ndim: int) -> bool:
@@ -55,21 +56,57 @@ def keep_all_but_lowest(flat, count: int):
     return keep
 
 
+def keep_all_but_lowest_per_row(rows, count: int):
+    """A boolean array of ``rows``' shape: ``False`` at the ``count`` lowest of each row.
+
+    Ties are broken by position within the row (a stable sort), as in
+    :func:`keep_all_but_lowest`.
+
+    Args:
+        rows: a 2-D array of finite numbers.
+        count: how many entries to drop from every row, ``0 <= count <= rows.shape[1]``.
+    """
+    keep = np.ones(rows.shape, dtype=bool)
+    lowest = np.argsort(rows, axis=1, kind="stable")[:, :count]
+    np.put_along_axis(keep, lowest, False, axis=1)
+    return keep
+
+
+def as_rows(array):
+    """``array`` as an ``(out, K)`` matrix: one row per output unit (a 1-D array is one row).
+
+    In the canonical layout the output axis comes first (``(out, in)`` for a dense
+    weight, ``(out, in, kh, kw)`` for a convolution), so a row holds every weight that
+    feeds one output.
+    """
+    array = np.asarray(array)
+    return array.reshape(1, -1) if array.ndim < 2 else array.reshape(len(array), -1)
+
+
 def lowest_score_masks(scores, eligible, sparsity: float, scope: str) -> list:
     """0/1 masks that prune the ``round(sparsity * n)`` lowest-scoring eligible entries.
 
     ``scores`` are canonical-layout arrays; ``eligible[i]`` says whether tensor ``i`` may be
     pruned (its mask is ``None`` otherwise). With ``scope="global"`` the ``n`` eligible
     entries compete together; with ``"layer"`` each tensor loses ``round(sparsity * n_i)``
-    of its own. Ties are broken by position (tensor order, then row-major canonical index),
-    so the masks are the same in every back end. ``round`` is Python's, as in
-    ``torch.nn.utils.prune``.
+    of its own; with ``"row"`` each output row of each tensor (:func:`as_rows`) loses
+    ``round(sparsity * K)`` of its ``K`` entries, the comparison Wanda (Sun et al. 2024)
+    and layer-wise OBS make. Ties are broken by position (tensor order, then row-major
+    canonical index), so the masks are the same in every back end. ``round`` is Python's,
+    as in ``torch.nn.utils.prune``.
     """
-    check_choice("scope", scope, SCOPES)
+    check_choice("scope", scope, MASK_SCOPES)
     chosen = [i for i, ok in enumerate(eligible) if ok]
     for i in chosen:
         if not np.all(np.isfinite(scores[i])):
             raise ValueError(f"scores of parameter {i} contain nan or inf")
+    if scope == "row":
+        masks = [None] * len(scores)
+        for i in chosen:
+            rows = as_rows(scores[i])
+            keep = keep_all_but_lowest_per_row(rows, round(sparsity * rows.shape[1]))
+            masks[i] = keep.reshape(np.shape(scores[i])).astype(np.float32)
+        return masks
     groups = [chosen] if scope == "global" else [[i] for i in chosen]
     masks = [None] * len(scores)
     for group in groups:

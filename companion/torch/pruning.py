@@ -13,7 +13,7 @@ import torch
 
 from ..core.checks import (check_choice, check_flag, check_masks, check_matching_shapes,
                            check_sparsity, check_tensor_list)
-from ..core.pruning import (SCOPES, CompressedSize, MovementScoreRecorder, SparsityReport,
+from ..core.pruning import (MASK_SCOPES, CompressedSize, MovementScoreRecorder, SparsityReport,
                             is_weight, lowest_score_masks, random_canonical_scores)
 from .batches import _example_count, numpy_batches
 from .layout import (from_canonical, get_weights, parameter_names, to_canonical,
@@ -175,15 +175,18 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
     is not ``None``; the others get mask ``None``. With
     ``scope="global"`` all eligible weights compete in one ranking (the count is over all of
     them, as ``torch.nn.utils.prune.global_unstructured``); with ``"layer"`` each tensor
-    loses ``round(sparsity * n_i)`` of its own entries (as ``l1_unstructured``). Ties are
-    broken by position in the canonical layout, so both back ends give the same masks.
+    loses ``round(sparsity * n_i)`` of its own entries (as ``l1_unstructured``); with
+    ``"row"`` each output row (every weight feeding one output unit) loses
+    ``round(sparsity * K)`` of its ``K`` entries, as Wanda prunes. Ties are broken by
+    position in the canonical layout, so both back ends give the same masks.
 
     Args:
         model: a ``torch.nn.Module``, e.g. from :func:`mlp` or :func:`rnn`.
         scores: one score tensor (or ``None``) per trainable parameter, in order, each of
             its parameter's shape; higher means keep.
         sparsity: the fraction of eligible weights to prune, a number in ``[0, 1)``.
-        scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
+        scope: ``"global"`` (one ranking over all eligible weights), ``"layer"`` or
+            ``"row"`` (see :func:`masks_from_scores`).
         prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
 
     Raises:
@@ -192,7 +195,7 @@ def masks_from_scores(model, scores, sparsity: float, scope: str = "global",
         TypeError: ``prune_biases`` not a bool, or ``scores`` a single tensor.
     """
     sparsity = check_sparsity(sparsity)
-    check_choice("scope", scope, SCOPES)
+    check_choice("scope", scope, MASK_SCOPES)
     prune_biases = check_flag("prune_biases", prune_biases)
     scores = _check_shapes(model, _as_tensors(scores), "score")
     eligible = [s is not None and ok for s, ok in zip(scores, _prunable(model, prune_biases))]
@@ -231,7 +234,8 @@ def prune(model, scores, sparsity: float, scope: str = "global",
         scores: one score tensor (or ``None``) per trainable parameter, in order, each of
             its parameter's shape; higher means keep.
         sparsity: the fraction of eligible weights to prune, a number in ``[0, 1)``.
-        scope: ``"global"`` (one ranking over all eligible weights) or ``"layer"``.
+        scope: ``"global"`` (one ranking over all eligible weights), ``"layer"`` or
+            ``"row"`` (see :func:`masks_from_scores`).
         prune_biases: also prune biases (see :func:`companion.core.pruning.is_weight`).
 
     Raises:
