@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from .pruning import is_weight
+from .pruning import is_weight, keep_all_but_lowest_per_row
 
 __all__ = ["check_nm", "nm_mask", "nm_masks_from"]
 
@@ -38,9 +38,9 @@ def nm_mask(scores, n: int, m: int) -> np.ndarray:
     ``scores`` is a canonical weight of shape ``(out, in, ...)``, read as ``(out, K)``
     with ``K = in * ...`` (row-major, as the matrix a sparse kernel multiplies); each row
     is cut into ``K / m`` groups of ``m`` consecutive entries, and in each group the
-    ``m - n`` lowest scores are dropped (ties: the earlier position is dropped, as in
-    :func:`companion.core.pruning.keep_all_but_lowest`). The sparsity is exactly
-    ``1 - n / m``.
+    ``m - n`` lowest scores are dropped by
+    :func:`companion.core.pruning.keep_all_but_lowest_per_row` (ties: the earlier
+    position). The sparsity is exactly ``1 - n / m``.
 
     Raises:
         ValueError: ``scores`` has fewer than 2 dimensions, ``K`` is not a multiple of
@@ -56,11 +56,8 @@ def nm_mask(scores, n: int, m: int) -> np.ndarray:
                          f"not a multiple of m={m}")
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores must be finite")
-    groups = scores.reshape(rows, width // m, m)
-    lowest = np.argsort(groups, axis=-1, kind="stable")[..., :m - n]
-    mask = np.ones(groups.shape, dtype=scores.dtype)
-    np.put_along_axis(mask, lowest, 0, axis=-1)
-    return mask.reshape(scores.shape)
+    keep = keep_all_but_lowest_per_row(scores.reshape(rows * (width // m), m), m - n)
+    return keep.reshape(scores.shape).astype(scores.dtype)
 
 
 def nm_masks_from(names, scores, n: int, m: int) -> list:
